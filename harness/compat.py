@@ -1,0 +1,89 @@
+"""Thin adapter over the torch release in use: feature checks and expected deprecations.
+
+torch 2.13 warns on its quantized dtypes, TorchScript and ``torch.ao.quantization``, and has
+removed ``torch.ao.quantization.pt2e``. Code that touches those on purpose wraps the call in
+:func:`expected_torch_deprecations`, so the project-wide rule "every warning is an error" keeps
+catching everything else, in particular warnings raised by qbc itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import re
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+# Messages torch emits for features it is deprecating. Each pattern is anchored on torch's wording
+# so that an unrelated warning with the same category still surfaces.
+TORCH_DEPRECATION_PATTERNS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"`torch\.jit\.\w+` is deprecated", DeprecationWarning),
+    (r".*quantized tensor creation functions .* are deprecated", UserWarning),
+    (r".*torch\.ao\.quantization.* (is|are) deprecated", DeprecationWarning),
+    (r".*torch\.ao\.quantization.* (is|are) deprecated", UserWarning),
+    (r".*torch\.ao\.quantization.* (is|are) deprecated", FutureWarning),
+    (r"Please use quant_min and quant_max to specify the range for observers", UserWarning),
+    (r".*TypedStorage is deprecated", UserWarning),
+    (r"The given NumPy array is not writable", UserWarning),
+)
+
+
+@contextlib.contextmanager
+def expected_torch_deprecations() -> Iterator[None]:
+    """Silence torch's own deprecation warnings for the duration of the block, and nothing else."""
+    with warnings.catch_warnings():
+        for pattern, category in TORCH_DEPRECATION_PATTERNS:
+            warnings.filterwarnings("ignore", message=pattern, category=category)
+        yield
+
+
+def torch_version() -> tuple[int, int, int]:
+    """The running torch release as (major, minor, patch), ignoring local tags like ``+cpu``."""
+    parts = re.findall(r"\d+", torch.__version__.split("+")[0])[:3]
+    return tuple(int(p) for p in (parts + ["0", "0"])[:3])  # type: ignore[return-value]
+
+
+def torch_release() -> str:
+    """The torch release string without its local build tag: ``2.13.0+cpu`` -> ``2.13.0``."""
+    return torch.__version__.split("+")[0]
+
+
+@functools.cache
+def has_quantized_engines() -> bool:
+    """True while this torch still ships its quantized CPU kernels (fbgemm, qnnpack, ...)."""
+    try:
+        return bool(torch.backends.quantized.supported_engines) and hasattr(
+            torch.ops.quantized, "linear"
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def has_torch_ao_quantized_modules() -> bool:
+    """True while ``torch.ao.nn.quantized`` can be imported (the ``torch_ao`` subject needs it)."""
+    return importlib.util.find_spec("torch.ao.nn.quantized") is not None
+
+
+@functools.cache
+def has_torchscript() -> bool:
+    return hasattr(torch, "jit") and hasattr(torch.jit, "script")
+
+
+@functools.cache
+def has_torch_export() -> bool:
+    return hasattr(torch, "export") and hasattr(torch.export, "export")
+
+
+class FeatureUnavailable(RuntimeError):
+    """Raised when this torch release lacks a feature; the message names feature and release."""
+
+    def __init__(self, feature: str, detail: str = "") -> None:
+        msg = f"{feature} is not available on torch {torch.__version__}"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+        self.feature = feature

@@ -1,0 +1,1 @@
+"""qbc's quantization implementation (subject ``qbc``): plain integer tensors, explicit qparams."""

@@ -1,0 +1,115 @@
+"""The ``quantized_decomposed`` op namespace that exported quantized graphs are written in.
+
+ExecuTorch and Inductor lowerings pattern-match ``quantized_decomposed.quantize_per_tensor`` /
+``dequantize_per_tensor`` / ``*_per_channel``; qbc emits exactly those ops. torch registers them
+only when ``torch.ao.quantization.fx._decomposed`` is imported, and a future torch may drop that
+module: then qbc defines the identical schemas itself, implemented with its own primitives.
+Importing :mod:`harness` calls :func:`ensure_registered`, so loading a ``.pt2`` never depends on
+the caller having imported the right torch module first.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Optional
+
+import torch
+
+from harness.quant import primitives as P
+
+# Schemas copied verbatim from the ecosystem's definition: a .pt2 stores op names and argument
+# lists, so ours must be indistinguishable from torch's.
+_SCHEMAS = {
+    "quantize_per_tensor": "quantize_per_tensor(Tensor input, float scale, int zero_point, "
+    "int quant_min, int quant_max, ScalarType dtype) -> Tensor",
+    "quantize_per_tensor.tensor": "quantize_per_tensor.tensor(Tensor input, Tensor scale, "
+    "Tensor zero_point, int quant_min, int quant_max, ScalarType dtype) -> Tensor",
+    "dequantize_per_tensor": "dequantize_per_tensor(Tensor input, float scale, int zero_point, "
+    "int quant_min, int quant_max, ScalarType dtype, *, ScalarType? out_dtype=None) -> Tensor",
+    "dequantize_per_tensor.tensor": "dequantize_per_tensor.tensor(Tensor input, Tensor scale, "
+    "Tensor zero_point, int quant_min, int quant_max, ScalarType dtype, *, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "quantize_per_channel": "quantize_per_channel(Tensor input, Tensor scales, "
+    "Tensor zero_points, int axis, int quant_min, int quant_max, ScalarType dtype) -> Tensor",
+    "dequantize_per_channel": "dequantize_per_channel(Tensor input, Tensor scales, "
+    "Tensor? zero_points, int axis, int quant_min, int quant_max, ScalarType dtype, *, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "choose_qparams.tensor": "choose_qparams.tensor(Tensor input, int quant_min, "
+    "int quant_max, float eps, ScalarType dtype) -> (Tensor, Tensor)",
+    "choose_qparams_symmetric.tensor": "choose_qparams_symmetric.tensor(Tensor input, "
+    "int quant_min, int quant_max, float eps, ScalarType dtype) -> (Tensor, Tensor)",
+}
+
+_library: Optional[torch.library.Library] = None
+source: str = "unregistered"
+
+
+def _quantize(input, scale, zero_point, quant_min, quant_max, dtype):
+    if dtype in P.FLOAT8_DTYPES:
+        return P.quantize_float8(input, scale, dtype)
+    return P._quantize(
+        input, torch.as_tensor(scale), torch.as_tensor(zero_point), quant_min, quant_max, dtype
+    )
+
+
+def _dequantize(input, scale, zero_point, quant_min, quant_max, dtype, *, out_dtype=None):
+    out = P._dequantize(input, torch.as_tensor(scale), torch.as_tensor(zero_point))
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+def _quantize_per_channel(input, scales, zero_points, axis, quant_min, quant_max, dtype):
+    return P._quantize(input, scales, zero_points, quant_min, quant_max, dtype, axis)
+
+
+def _dequantize_per_channel(
+    input, scales, zero_points, axis, quant_min, quant_max, dtype, *, out_dtype=None
+):
+    zp = torch.zeros_like(scales) if zero_points is None else zero_points
+    out = P._dequantize(input, scales, zp, axis)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+def _choose(input, quant_min, quant_max, eps, dtype, qscheme):
+    lo, hi = torch.aminmax(input.detach())
+    return P.choose_qparams(
+        lo, hi, dtype, qscheme, quant_min, quant_max, eps=eps
+    )
+
+
+def _define_ours() -> torch.library.Library:
+    lib = torch.library.Library("quantized_decomposed", "DEF")
+    impls = {
+        "quantize_per_tensor": _quantize,
+        "quantize_per_tensor.tensor": _quantize,
+        "dequantize_per_tensor": _dequantize,
+        "dequantize_per_tensor.tensor": _dequantize,
+        "quantize_per_channel": _quantize_per_channel,
+        "dequantize_per_channel": _dequantize_per_channel,
+        "choose_qparams.tensor": lambda i, a, b, e, d: _choose(
+            i, a, b, e, d, torch.per_tensor_affine
+        ),
+        "choose_qparams_symmetric.tensor": lambda i, a, b, e, d: _choose(
+            i, a, b, e, d, torch.per_tensor_symmetric
+        ),
+    }
+    for name, schema in _SCHEMAS.items():
+        lib.define(schema)
+        lib.impl(name, impls[name], "CompositeExplicitAutograd")
+    return lib
+
+
+@functools.cache
+def ensure_registered() -> str:
+    """Make ``torch.ops.quantized_decomposed`` usable; return who registered it.
+
+    ``"torch"`` when this torch ships the ops, ``"qbc"`` when qbc had to define them.
+    """
+    global _library, source
+    try:
+        importlib.import_module("torch.ao.quantization.fx._decomposed")
+        source = "torch"
+    except ImportError:
+        _library = _define_ours()
+        source = "qbc"
+    return source

@@ -1,0 +1,423 @@
+"""Quantization numerics on plain tensors: qparams, quantize, dequantize, fake-quantize.
+
+Quantized values are ordinary integer tensors (uint8, int8, int16, int32) or float8 tensors;
+the scale and zero point travel beside them explicitly. Nothing here uses torch's deprecated
+quantized dtypes.
+
+Affine quantization maps a real ``x`` to an integer ``q`` with a scale ``s > 0`` and a zero point
+``z`` in ``[quant_min, quant_max]``::
+
+    q = clamp(round(x * (1 / s)) + z, quant_min, quant_max)      (round half to even)
+    x' = (q - z) * s
+
+so ``|x - x'| <= s / 2`` for every ``x`` inside the representable range
+``[(quant_min - z) * s, (quant_max - z) * s]``. The multiply by ``1 / s`` (not a divide by ``s``)
+matches the ``quantized_decomposed`` ops that exported graphs use, so eager code and exported
+programs agree to the bit.
+
+Float8 quantization is scale-only: ``q = clamp(x / s, -fmax, fmax).to(float8)``.
+
+The ``_*`` kernels are TorchScript- and export-friendly and do no data-dependent validation; the
+public functions validate their arguments first and raise ``ValueError`` naming the argument.
+"""
+
+from typing import Optional
+
+import torch
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.uint16, torch.int16, torch.int32)
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+SUPPORTED_DTYPES = INTEGER_DTYPES + FLOAT8_DTYPES
+
+PER_TENSOR_SCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+PER_CHANNEL_SCHEMES = (
+    torch.per_channel_affine,
+    torch.per_channel_symmetric,
+    torch.per_channel_affine_float_qparams,
+)
+SYMMETRIC_SCHEMES = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+
+# The smallest scale qparams may produce, as in torch.ao: float32 machine epsilon.
+DEFAULT_EPS = torch.finfo(torch.float32).eps
+
+
+def as_plain_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Map torch's quantized dtypes (quint8, qint8, qint32) to the plain integer dtype they store.
+
+    Plain dtypes pass through; anything else raises ``ValueError`` naming ``dtype``.
+    """
+    legacy = {
+        torch.quint8: torch.uint8,
+        torch.qint8: torch.int8,
+        torch.qint32: torch.int32,
+    }
+    dtype = legacy.get(dtype, dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"dtype: unsupported quantized dtype {dtype}; expected one of "
+            f"{[str(d) for d in SUPPORTED_DTYPES]}"
+        )
+    return dtype
+
+
+def dtype_bounds(dtype: torch.dtype) -> tuple[int, int]:
+    """The full representable range of ``dtype``: iinfo for integers, +-finfo.max for float8."""
+    dtype = as_plain_dtype(dtype)
+    if dtype in FLOAT8_DTYPES:
+        fmax = int(torch.finfo(dtype).max)
+        return -fmax, fmax
+    info = torch.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def quant_range(
+    dtype: torch.dtype,
+    quant_min: Optional[int] = None,
+    quant_max: Optional[int] = None,
+    reduce_range: bool = False,
+) -> tuple[int, int]:
+    """The ``(quant_min, quant_max)`` an observer uses.
+
+    Without an override the range is the dtype's full range; ``reduce_range`` drops one bit
+    (uint8 -> [0, 127], int8 -> [-64, 63]), which fbgemm/x86 need for activations to avoid
+    overflow in their 16-bit intermediate accumulation. With an override both bounds must be
+    given, lie inside the dtype, and satisfy ``quant_min <= quant_max``; ``reduce_range`` then
+    halves them (floor division, as torch.ao does).
+    """
+    dtype = as_plain_dtype(dtype)
+    lo, hi = dtype_bounds(dtype)
+    if (quant_min is None) != (quant_max is None):
+        raise ValueError("quant_min/quant_max: give both bounds or neither")
+    if quant_min is not None and quant_max is not None:
+        if quant_min > quant_max:
+            raise ValueError(f"quant_min: {quant_min} is greater than quant_max {quant_max}")
+        if quant_min < lo:
+            raise ValueError(f"quant_min: {quant_min} is below the {dtype} minimum {lo}")
+        if quant_max > hi:
+            raise ValueError(f"quant_max: {quant_max} is above the {dtype} maximum {hi}")
+        lo, hi = quant_min, quant_max
+    if reduce_range and dtype not in FLOAT8_DTYPES:
+        lo, hi = lo // 2, hi // 2
+    return lo, hi
+
+
+def check_qparams(
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    x: Optional[torch.Tensor] = None,
+) -> None:
+    """Raise ``ValueError`` naming the first bad argument of a quantize/dequantize call."""
+    if quant_min > quant_max:
+        raise ValueError(f"quant_min: {quant_min} is greater than quant_max {quant_max}")
+    s = torch.as_tensor(scale, dtype=torch.float64)
+    if s.numel() == 0:
+        raise ValueError("scale: empty")
+    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+        raise ValueError(f"scale: must be finite and > 0, got {s.flatten()[:8].tolist()}")
+    z = torch.as_tensor(zero_point)
+    if z.is_floating_point() and not bool((z == z.round()).all()):
+        raise ValueError("zero_point: must hold integer values for affine quantization")
+    if bool((z < quant_min).any()) or bool((z > quant_max).any()):
+        raise ValueError(
+            f"zero_point: {z.flatten()[:8].tolist()} outside [quant_min, quant_max] = "
+            f"[{quant_min}, {quant_max}]"
+        )
+    if axis is None:
+        if s.numel() != 1 or z.numel() != 1:
+            raise ValueError(
+                f"scale/zero_point: per-tensor quantization takes one value each, got "
+                f"{s.numel()} and {z.numel()} (pass axis= for per-channel)"
+            )
+        return
+    if x is not None:
+        if x.dim() == 0:
+            raise ValueError("x: per-channel quantization needs a tensor of rank >= 1")
+        if not -x.dim() <= axis < x.dim():
+            raise ValueError(f"axis: {axis} out of range for a tensor of rank {x.dim()}")
+        channels = x.shape[axis]
+        if s.numel() != channels or z.numel() != channels:
+            raise ValueError(
+                f"scale/zero_point: {s.numel()} scales and {z.numel()} zero points for "
+                f"{channels} channels on axis {axis}"
+            )
+
+
+def _check_float_input(x: torch.Tensor, name: str = "x") -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+
+
+# --------------------------------------------------------------------------------------------
+# qparams
+# --------------------------------------------------------------------------------------------
+
+
+def choose_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    dtype: torch.dtype = torch.uint8,
+    qscheme: torch.qscheme = torch.per_tensor_affine,
+    quant_min: Optional[int] = None,
+    quant_max: Optional[int] = None,
+    reduce_range: bool = False,
+    eps: float = DEFAULT_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``[min_val, max_val]`` (per tensor, or one per channel).
+
+    The range is first widened to include 0 so that 0.0 is exactly representable
+    (``lo = min(min_val, 0)``, ``hi = max(max_val, 0)``). Then, with ``R = quant_max - quant_min``:
+
+    * affine: ``s = max((hi - lo) / R, eps)``, ``z = clamp(quant_min - round(lo / s), qmin, qmax)``
+    * symmetric: ``s = max(max(-lo, hi) / (R / 2), eps)``; ``z = 0`` for signed dtypes and the
+      midpoint (128 for the full uint8 range, ``(qmin + qmax) // 2`` for a custom one) for uint8
+    * float qparams (embeddings): ``s = (max - min) / R`` (1.0 where ``s <= eps``) and a float
+      zero point ``z = -min / s``, without widening to 0.
+
+    Returns ``scale`` as float32 (shape ``[1]`` per tensor, ``[C]`` per channel) and
+    ``zero_point`` of the same shape: int32 for affine, int64 for symmetric, float32 for float
+    qparams, exactly as torch.ao does.
+    An empty or never-observed range (``min > max``) gives the neutral ``(1.0, 0)``.
+    """
+    dtype = as_plain_dtype(dtype)
+    customized = quant_min is not None or quant_max is not None
+    qmin, qmax = quant_range(dtype, quant_min, quant_max, reduce_range)
+    min_val = torch.as_tensor(min_val, dtype=torch.float32)
+    max_val = torch.as_tensor(max_val, dtype=torch.float32)
+    if min_val.shape != max_val.shape:
+        raise ValueError(f"min_val/max_val: shapes differ, {min_val.shape} vs {max_val.shape}")
+    if min_val.numel() == 0 or bool((min_val > max_val).any()):
+        return torch.tensor([1.0]), torch.tensor([0])
+    if qscheme not in PER_TENSOR_SCHEMES + PER_CHANNEL_SCHEMES:
+        raise ValueError(f"qscheme: unsupported {qscheme}")
+    eps_t = torch.tensor(eps, dtype=torch.float32)
+    lo = torch.minimum(min_val, torch.zeros_like(min_val))
+    hi = torch.maximum(max_val, torch.zeros_like(max_val))
+    zero_point = torch.zeros(lo.shape, dtype=torch.int64)
+    if qscheme in SYMMETRIC_SCHEMES:
+        bound = torch.maximum(-lo, hi)
+        scale = torch.maximum(bound / (float(qmax - qmin) / 2), eps_t)
+        if dtype == torch.uint8:
+            mid = (qmin + qmax) // 2 if customized else 128
+            zero_point = zero_point.new_full(zero_point.shape, mid)
+    elif qscheme == torch.per_channel_affine_float_qparams:
+        scale = (max_val - min_val) / float(qmax - qmin)
+        scale = torch.where(scale > eps_t, scale, torch.ones_like(scale))
+        zero_point = -1 * min_val / scale
+    else:
+        scale = torch.maximum((hi - lo) / float(qmax - qmin), eps_t)
+        # int32, like torch.ao, so qparams compare equal dtype-for-dtype.
+        zero_point = qmin - torch.round(lo / scale).to(torch.int32)
+        zero_point = torch.clamp(zero_point, qmin, qmax)
+    if scale.dim() == 0:
+        scale = scale.reshape(1)
+    if zero_point.dim() == 0:
+        zero_point = zero_point.reshape(1)
+    return scale.to(torch.float32), zero_point
+
+
+def choose_qparams_per_group(
+    x: torch.Tensor,
+    group_size: int,
+    dtype: torch.dtype = torch.int8,
+    symmetric: bool = True,
+    quant_min: Optional[int] = None,
+    quant_max: Optional[int] = None,
+    eps: float = DEFAULT_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qparams for every run of ``group_size`` consecutive elements of the last dimension.
+
+    ``x`` of shape ``[..., K]`` with ``K % group_size == 0`` gives scale and zero point of shape
+    ``[prod(...), K // group_size]``; each group is treated as its own per-tensor range.
+    """
+    _check_float_input(x)
+    if group_size <= 0 or x.dim() == 0 or x.shape[-1] % group_size != 0:
+        raise ValueError(
+            f"group_size: {group_size} must be positive and divide the last dimension "
+            f"{x.shape[-1] if x.dim() else 'of a scalar'}"
+        )
+    groups = x.detach().reshape(-1, group_size).to(torch.float32)
+    qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+    scale, zp = choose_qparams(
+        groups.amin(dim=1), groups.amax(dim=1), dtype, qscheme, quant_min, quant_max, False, eps
+    )
+    rows = x.reshape(-1, x.shape[-1]).shape[0]
+    return scale.reshape(rows, -1), zp.reshape(rows, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# kernels (no validation; TorchScript / export friendly)
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def _quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    dtype: torch.dtype,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    x = x.to(torch.float32)
+    if axis is not None:
+        a = axis % x.dim()
+        scale = _channel_view(scale, a, x.dim())
+        zero_point = _channel_view(zero_point, a, x.dim())
+    inv_scale = 1.0 / scale.to(torch.float32)
+    q = torch.round(x * inv_scale) + zero_point.to(torch.float32)
+    return torch.clamp(q, quant_min, quant_max).to(dtype)
+
+
+def _dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    if axis is not None:
+        a = axis % q.dim()
+        scale = _channel_view(scale, a, q.dim())
+        zero_point = _channel_view(zero_point, a, q.dim())
+    return (q.to(torch.float32) - zero_point.to(torch.float32)) * scale.to(torch.float32)
+
+
+def _fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    """Straight-through fake-quant: forward is dequantize(quantize(x)); the gradient passes
+    through where ``x`` is inside the representable range and is zero where it is clamped."""
+    if axis is not None:
+        a = axis % x.dim()
+        scale = _channel_view(scale, a, x.dim())
+        zero_point = _channel_view(zero_point, a, x.dim())
+    s = scale.to(torch.float32)
+    z = zero_point.to(torch.float32)
+    unclamped = torch.round(x * (1.0 / s)) + z
+    y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
+    inside = (unclamped >= quant_min) & (unclamped <= quant_max)
+    # y carries the value, x the gradient (masked to the unclamped region).
+    return torch.where(inside, x + (y - x).detach(), y.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# public, validated API
+# --------------------------------------------------------------------------------------------
+
+
+def quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int,
+    dtype: torch.dtype,
+    quant_min: Optional[int] = None,
+    quant_max: Optional[int] = None,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    """Affine quantization of float ``x`` to integer ``dtype``; per channel along ``axis``.
+
+    ``q = clamp(round(x * (1 / s)) + z, quant_min, quant_max)``, with the bounds defaulting to
+    the dtype's range. For float8 dtypes see :func:`quantize_float8`.
+    """
+    _check_float_input(x)
+    dtype = as_plain_dtype(dtype)
+    if dtype in FLOAT8_DTYPES:
+        return quantize_float8(x, scale, dtype)
+    qmin, qmax = quant_range(dtype, quant_min, quant_max)
+    check_qparams(scale, zero_point, qmin, qmax, axis, x)
+    return _quantize(
+        x, torch.as_tensor(scale), torch.as_tensor(zero_point), qmin, qmax, dtype, axis
+    )
+
+
+def dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int = 0,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    """``x' = (q - z) * s`` in float32; per channel along ``axis``. Float8 ``q`` ignores ``z``."""
+    if q.dtype in FLOAT8_DTYPES:
+        return dequantize_float8(q, scale)
+    as_plain_dtype(q.dtype)
+    lo, hi = dtype_bounds(q.dtype)
+    check_qparams(scale, zero_point, lo, hi, axis, q)
+    return _dequantize(q, torch.as_tensor(scale), torch.as_tensor(zero_point), axis)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in float, with a straight-through gradient inside the range."""
+    _check_float_input(x)
+    check_qparams(scale, zero_point, quant_min, quant_max, axis, x)
+    return _fake_quantize(
+        x, torch.as_tensor(scale), torch.as_tensor(zero_point), quant_min, quant_max, axis
+    )
+
+
+def quantize_float8(
+    x: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype = torch.float8_e4m3fn
+) -> torch.Tensor:
+    """Scale-only float8: ``clamp(x / s, -fmax, fmax).to(dtype)``; saturates instead of inf."""
+    _check_float_input(x)
+    if dtype not in FLOAT8_DTYPES:
+        raise ValueError(f"dtype: {dtype} is not a float8 dtype")
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+        raise ValueError(f"scale: must be finite and > 0, got {s.flatten()[:8].tolist()}")
+    fmax = torch.finfo(dtype).max
+    return torch.clamp(x.to(torch.float32) / s, -fmax, fmax).to(dtype)
+
+
+def dequantize_float8(q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``x' = q * s`` in float32."""
+    if q.dtype not in FLOAT8_DTYPES:
+        raise ValueError(f"q: expected a float8 tensor, got {q.dtype}")
+    return q.to(torch.float32) * torch.as_tensor(scale, dtype=torch.float32)
+
+
+def quantize_per_group(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    dtype: torch.dtype = torch.int8,
+    quant_min: Optional[int] = None,
+    quant_max: Optional[int] = None,
+) -> torch.Tensor:
+    """Quantize each group of ``group_size`` elements of the last dimension with its own qparams
+    (shapes as returned by :func:`choose_qparams_per_group`)."""
+    _check_float_input(x)
+    dtype = as_plain_dtype(dtype)
+    qmin, qmax = quant_range(dtype, quant_min, quant_max)
+    groups = x.reshape(-1, group_size)
+    check_qparams(scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, 0, groups)
+    q = _quantize(groups, scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, dtype, 0)
+    return q.reshape(x.shape)
+
+
+def dequantize_per_group(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """Inverse of :func:`quantize_per_group`."""
+    groups = q.reshape(-1, group_size)
+    return _dequantize(groups, scale.reshape(-1), zero_point.reshape(-1), 0).reshape(q.shape)
