@@ -175,7 +175,11 @@ def _binary_pattern(ops: tuple, with_relu: bool) -> Annotator:
             return []
         done = []
         for nodes in _chain_from(ops, (RELU_OPS,) if with_relu else (), model):
-            if not _passes(nodes, filter_fn):
+            # Only float arithmetic on activations (not a BatchNorm's integer
+            # ``num_batches_tracked.add_(1)``).
+            if not _passes(nodes, filter_fn) or not _is_float_tensor(nodes[-1]):
+                continue
+            if not any(_is_float_tensor(a) for a in nodes[0].args[:2]):
                 continue
             ann = _annotation(nodes[0])
             # Constants (``x + 6``) stay float: only tensor-valued producer nodes are edges.

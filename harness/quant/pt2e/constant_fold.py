@@ -61,6 +61,15 @@ def _origin_attr(node: Node) -> Node:
     return node
 
 
+def _fake_like(origin: Node, value: torch.Tensor) -> torch.Tensor:
+    """A value description of the folded tensor in the fake mode the graph was exported with
+    (a shape/dtype-only ``meta`` tensor when there is none)."""
+    fake_mode = getattr(origin.meta.get("val"), "fake_mode", None)
+    if fake_mode is not None:
+        return fake_mode.from_tensor(value, static_shapes=True)
+    return torch.empty_like(value, device="meta")
+
+
 def fold_quantize(model: GraphModule) -> GraphModule:
     """Replace each quantize op on a constant input by its precomputed integer result."""
     memo: dict[Node, bool] = {}
@@ -83,8 +92,7 @@ def fold_quantize(model: GraphModule) -> GraphModule:
         # stale float ``val`` would describe the wrong dtype to later passes.
         origin = _origin_attr(node.args[0])  # type: ignore[arg-type]
         copy_meta(origin, const, skip=("val", "tensor_meta"))
-        if "val" in node.meta:
-            const.meta["val"] = node.meta["val"]
+        const.meta["val"] = _fake_like(origin, value)
         node.replace_all_uses_with(const)
         erase_dead(model, [node])
         folded = True

@@ -164,19 +164,21 @@ def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
             scaled_w = _call(
                 graph, aten.mul.Tensor, weight, _call(graph, aten.reshape.default, s, w_shape)
             )
+            s_out = _call(graph, aten.reshape.default, s, out_shape)
+            b_out = (
+                _call(graph, aten.reshape.default, bias, out_shape)
+                if isinstance(bias, Node)
+                else None
+            )
         copy_meta(weight, scaled_w, skip=("val", "tensor_meta"))
         args = list(conv.args) + [None] * (3 - len(conv.args))
         args[1], args[2] = scaled_w, None
         conv.args = tuple(args)
         with graph.inserting_after(conv):
-            unscaled = _call(
-                graph, aten.div.Tensor, conv, _call(graph, aten.reshape.default, s, out_shape)
-            )
-        last = unscaled
-        if isinstance(bias, Node):
-            with graph.inserting_after(unscaled):
-                b = _call(graph, aten.reshape.default, bias, out_shape)
-                last = _call(graph, aten.add.Tensor, unscaled, b)
+            last = _call(graph, aten.div.Tensor, conv, s_out)
+        if b_out is not None:
+            with graph.inserting_after(last):
+                last = _call(graph, aten.add.Tensor, last, b_out)
         bn.replace_input_with(conv, last)
         spec = ann.input_qspec_map.pop(weight)
         ann.input_qspec_map[scaled_w] = spec
