@@ -55,6 +55,8 @@ def _prepare(model: GraphModule, quantizer: Quantizer, is_qat: bool, fn: str) ->
     if is_qat:
         fold_bn.prepare_conv_bn_qat(model)
     insert_observers(model, is_qat)
+    # Quantizers may edit nodes in place (transform_for_annotation); regenerate the code always.
+    model.recompile()
     return disallow_eval_train(model)
 
 

@@ -1,0 +1,94 @@
+"""Tiny float models for the pt2e tests (export is the slow part, so shapes are minimal)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class LinearModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class ConvModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ConvWithBNRelu(torch.nn.Module):
+    def __init__(self, relu: bool = True, transpose: bool = False) -> None:
+        super().__init__()
+        conv = torch.nn.ConvTranspose2d if transpose else torch.nn.Conv2d
+        self.conv = conv(3, 3, 3)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.relu = torch.nn.ReLU() if relu else torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class ConvLinearWPermute(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.linear1 = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear1(torch.permute(self.conv(x), (0, 2, 3, 1)))
+
+
+class ConvBnReLU2dAndLinearReLU(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_bn_relu = ConvWithBNRelu(relu=True)
+        self.linear = torch.nn.Linear(3, 8, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.permute(self.conv_bn_relu(x), (0, 2, 3, 1)))
+
+
+class EmbeddingModule(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(num_embeddings=10, embedding_dim=12)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.emb(indices)
+
+
+def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    return torch.export.export(model, example_inputs).module()
+
+
+def quantize(
+    model: torch.nn.Module,
+    quantizer: object,
+    example_inputs: tuple,
+    is_qat: bool = False,
+    fold_quantize: bool = True,
+) -> torch.fx.GraphModule:
+    """export -> prepare -> one calibration pass -> convert."""
+    from harness.quant.pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+    gm = export(model, example_inputs)
+    gm = (prepare_qat_pt2e if is_qat else prepare_pt2e)(gm, quantizer)
+    gm(*example_inputs)
+    return convert_pt2e(gm, fold_quantize=fold_quantize)
+
+
+def symmetric(is_per_channel: bool = False, is_dynamic: bool = False, is_qat: bool = False):
+    from harness.quant.pt2e import SymmetricQuantizer, get_symmetric_quantization_config
+
+    return SymmetricQuantizer().set_global(
+        get_symmetric_quantization_config(
+            is_per_channel=is_per_channel, is_dynamic=is_dynamic, is_qat=is_qat
+        )
+    )

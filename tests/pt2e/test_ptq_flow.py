@@ -1,0 +1,380 @@
+"""Post-training quantization: prepare -> calibrate -> convert on exported graphs."""
+
+import pytest
+import torch
+from pt2e_models import (
+    ConvWithBNRelu,
+    LinearModel,
+    export,
+    quantize,
+    symmetric,
+)
+
+from harness.quant import observers
+from harness.quant import primitives as P
+from harness.quant.pt2e import (
+    OP_TO_ANNOTATOR,
+    ComposableQuantizer,
+    DerivedQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    QuantizationSpec,
+    Quantizer,
+    SymmetricQuantizer,
+    convert_pt2e,
+    get_symmetric_quantization_config,
+    prepare_pt2e,
+)
+from harness.quant.pt2e.graph_summary import contains_in_order, op_counts
+
+qd = torch.ops.quantized_decomposed
+aten = torch.ops.aten
+Q, DQ = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
+DQ_CH = qd.dequantize_per_channel.default
+LINEAR_IN = (torch.randn(2, 2),)
+
+
+@pytest.fixture(scope="module")
+def quantized_linear():
+    torch.manual_seed(0)
+    model = LinearModel().eval()
+    return model, quantize(model, symmetric(), LINEAR_IN)
+
+
+def test_weight_quantize_is_folded_into_an_int8_constant(quantized_linear):
+    _, m = quantized_linear
+    counts = op_counts(m)
+    # input and output are quantized at run time; the weight only needs its dequantize.
+    assert (counts[Q], counts[DQ]) == (2, 3)
+    weight_dq = next(n for n in m.graph.nodes if n.target == DQ and n.args[0].op == "get_attr")
+    assert getattr(m, weight_dq.args[0].target).dtype == torch.int8
+
+
+def test_per_channel_weight_quantize_is_folded():
+    m = quantize(LinearModel().eval(), symmetric(is_per_channel=True), LINEAR_IN)
+    counts = op_counts(m)
+    assert (counts[Q], counts[DQ], counts[DQ_CH]) == (2, 2, 1)
+    assert counts[qd.quantize_per_channel.default] == 0
+
+
+def test_convert_without_folding_keeps_the_weight_quantize_op():
+    m = quantize(LinearModel().eval(), symmetric(), LINEAR_IN, fold_quantize=False)
+    assert op_counts(m)[Q] == 3
+
+
+def test_converted_linear_computes_dequantized_integer_arithmetic(quantized_linear):
+    """The converted graph is exactly: fake-quantize x with the input qparams, the weight with
+    the weight qparams, run the float linear, fake-quantize the result with the output qparams."""
+    model, m = quantized_linear
+    x = LINEAR_IN[0]
+    q_in, w_dq, q_out = (
+        [n for n in m.graph.nodes if n.target == Q][0],
+        next(n for n in m.graph.nodes if n.target == DQ and n.args[0].op == "get_attr"),
+        [n for n in m.graph.nodes if n.target == Q][1],
+    )
+
+    def fq(t, node):
+        _, s, z, lo, hi, _ = node.args
+        return P._fake_quantize(t, torch.tensor(s), torch.tensor(z), lo, hi)
+
+    w_int = getattr(m, w_dq.args[0].target)
+    w = P._dequantize(w_int, torch.tensor(w_dq.args[1]), torch.tensor(w_dq.args[2]))
+    expected = fq(torch.nn.functional.linear(fq(x, q_in), w, model.linear.bias), q_out)
+    torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
+
+
+def test_constants_unrelated_to_quantization_are_not_folded():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.dont_fold_me = torch.nn.Parameter(torch.randn(2, 2))
+
+        def forward(self, x):
+            return self.linear(x) + self.dont_fold_me.t()
+
+    quantizer = SymmetricQuantizer().set_module_type(
+        torch.nn.Linear, get_symmetric_quantization_config()
+    )
+    m = quantize(M().eval(), quantizer, LINEAR_IN)
+    counts = op_counts(m)
+    assert (counts[Q], counts[DQ], counts[aten.t.default]) == (2, 3, 1)
+
+
+def test_every_constant_op_before_a_weight_quantize_is_folded():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.randn(2, 2)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight.t())
+
+    m = quantize(M().eval(), symmetric(), LINEAR_IN)
+    counts = op_counts(m)
+    assert (counts[Q], counts[DQ], counts[aten.t.default]) == (2, 3, 0)
+
+
+def test_folded_weight_constant_keeps_the_weight_node_metadata():
+    gm = export(LinearModel().eval(), LINEAR_IN)
+    weight = next(n for n in gm.graph.nodes if n.op == "get_attr" and n.target.endswith("weight"))
+    weight_meta = dict(weight.meta)
+    gm = prepare_pt2e(gm, symmetric())
+    gm(*LINEAR_IN)
+    gm = convert_pt2e(gm)
+    folded = next(n for n in gm.graph.nodes if n.op == "get_attr" and "frozen_param" in n.target)
+    for key, value in weight_meta.items():
+        if key in ("val", "tensor_meta"):
+            continue  # describes the float weight; the constant is int8
+        assert folded.meta[key] == value, key
+    assert folded.meta["val"].dtype == torch.int8
+
+
+def test_annotating_a_constant_argument_is_an_error_naming_the_node():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x + 6
+
+    class AnnotatesTheConstant(Quantizer):
+        def annotate(self, model):
+            act = QuantizationSpec(
+                dtype=torch.uint8,
+                quant_min=0,
+                quant_max=255,
+                qscheme=torch.per_tensor_affine,
+                observer_or_fake_quant_ctr=observers.MinMaxObserver,
+            )
+            for node in model.graph.nodes:
+                if node.target == aten.add.Tensor:
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={node.args[0]: act, node.args[1]: act},
+                        output_qspec=act,
+                        _annotated=True,
+                    )
+            return model
+
+    gm = export(M(), (torch.randn(1, 2, 3, 3),))
+    with pytest.raises(ValueError, match=r"node 'add'.*annotates 6, which is not an input node"):
+        prepare_pt2e(gm, AnnotatesTheConstant())
+
+
+def test_prepare_rejects_a_model_that_was_not_exported():
+    with pytest.raises(
+        TypeError, match=r"prepare_pt2e: model must be an exported graph.*LinearModel"
+    ):
+        prepare_pt2e(LinearModel(), symmetric())
+    traced = torch.fx.symbolic_trace(LinearModel())
+    with pytest.raises(TypeError, match="symbolic_trace graph has no export metadata"):
+        prepare_pt2e(traced, symmetric())
+
+
+def test_prepare_rejects_something_that_is_not_a_quantizer():
+    gm = export(LinearModel(), LINEAR_IN)
+    with pytest.raises(TypeError, match="quantizer must be a harness.quant.pt2e.Quantizer"):
+        prepare_pt2e(gm, object())
+
+
+class _AddToMul(Quantizer):
+    def transform_for_annotation(self, model):
+        for n in model.graph.nodes:
+            if n.target == aten.add.Tensor:
+                n.target = aten.mul.Tensor
+        return model
+
+    def annotate(self, model):
+        return model
+
+
+class _SubToDiv(Quantizer):
+    def transform_for_annotation(self, model):
+        for n in model.graph.nodes:
+            if n.target == aten.sub.Tensor:
+                n.target = aten.div.Tensor
+        return model
+
+    def annotate(self, model):
+        return model
+
+
+def test_transform_for_annotation_rewrites_the_graph_before_annotation():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x + 3
+
+    x = torch.randn(1, 2, 3, 3)
+    m = prepare_pt2e(export(M(), (x,)), _AddToMul())
+    counts = op_counts(m)
+    assert (counts[aten.add.Tensor], counts[aten.mul.Tensor]) == (0, 1)
+    torch.testing.assert_close(m(x), x * 3)
+
+
+def test_composable_quantizer_applies_every_transform():
+    class M(torch.nn.Module):
+        def forward(self, x, y, z):
+            return x + y - z
+
+    inputs = tuple(torch.randn(1, 2, 3, 3) for _ in range(3))
+    m = prepare_pt2e(export(M(), inputs), ComposableQuantizer([_AddToMul(), _SubToDiv()]))
+    m(*inputs)
+    counts = op_counts(m)
+    assert [counts[t] for t in (aten.add.Tensor, aten.sub.Tensor)] == [0, 0]
+    assert [counts[t] for t in (aten.mul.Tensor, aten.div.Tensor)] == [1, 1]
+
+
+def test_a_node_whose_output_observer_was_removed_still_converts():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return x, x + 1
+
+    inputs = (torch.randn(1, 3, 5, 5),)
+    m = prepare_pt2e(export(M(), inputs), symmetric())
+    m(*inputs)
+    output = next(n for n in m.graph.nodes if n.op == "output")
+    observer = output.args[0][0]
+    assert observer.op == "call_module" and observer.target.startswith("activation_post_process_")
+    observer.replace_all_uses_with(observer.args[0])
+    m.graph.erase_node(observer)
+    m.recompile()
+    m = convert_pt2e(m)
+    conv_out, plus_one = m(*inputs)
+    assert conv_out.shape == (1, 3, 3, 3)
+    # the conv output reaches the graph output unquantized: no dequantize right before it
+    assert (
+        next(n for n in m.graph.nodes if n.op == "output").args[0][0].target == aten.conv2d.default
+    )
+    torch.testing.assert_close(plus_one, conv_out + 1, atol=0.05, rtol=0)
+
+
+def test_grouped_conv_is_quantized_per_output_channel():
+    inputs = (torch.randn(2, 4, 10, 10),)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2)).eval()
+    m = quantize(model, symmetric(is_per_channel=True), inputs)
+    dq = next(n for n in m.graph.nodes if n.target == DQ_CH)
+    # 4 output channels -> 4 scales along axis 0 of the [4, 2, 3, 3] weight.
+    assert getattr(m, dq.args[1].target).shape == (4,) and dq.args[3] == 0
+    assert m(*inputs).shape == (2, 4, 8, 8)
+
+
+def test_ptq_folds_batch_norm_into_a_transposed_conv():
+    int8 = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_symmetric,
+        observer_or_fake_quant_ctr=observers.MinMaxObserver,
+    )
+    config = QuantizationConfig(int8, int8, int8, None)
+
+    class ConvTransposeRelu(Quantizer):
+        def annotate(self, model):
+            OP_TO_ANNOTATOR["conv_transpose_relu"](model, config)
+            return model
+
+    inputs = (torch.randn(1, 3, 5, 5),)
+    model = ConvWithBNRelu(transpose=True).eval()
+    m = quantize(model, ConvTransposeRelu(), inputs)
+    counts = op_counts(m)
+    # input: q + dq; weight: dq (folded); relu output: q + dq; the batch norm is gone.
+    assert (counts[Q], counts[DQ], counts[aten.batch_norm.default]) == (2, 3, 0)
+    assert contains_in_order(m, [DQ, DQ, aten.conv_transpose2d.input, aten.relu.default, Q])
+    # folding is exact in float; what remains is int8 rounding (a few output steps)
+    out_scale = next(
+        n for n in m.graph.nodes if n.target == Q and n.args[0].target == aten.relu.default
+    ).args[1]
+    assert (m(*inputs) - model(*inputs)).abs().max() <= 4 * out_scale
+
+
+def test_pooling_shares_its_input_observer():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3)
+            self.pool = torch.nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    inputs = (torch.randn(1, 3, 6, 6),)
+    m = prepare_pt2e(export(M().eval(), inputs), symmetric())
+    pool = next(n for n in m.graph.nodes if n.target == aten.max_pool2d.default)
+    out_observer = next(iter(pool.users))
+    # one module instance observes both the pool's input and its output
+    assert pool.args[0].target == out_observer.target
+    m(*inputs)
+    m = convert_pt2e(m)
+    pool = next(n for n in m.graph.nodes if n.target == aten.max_pool2d.default)
+    q_after = next(iter(pool.users))
+    assert q_after.args[1:3] == pool.args[0].args[1:3]
+
+
+def test_derived_bias_scale_is_input_scale_times_weight_scale():
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=observers.MinMaxObserver,
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-127,
+        quant_max=127,
+        qscheme=torch.per_tensor_symmetric,
+        observer_or_fake_quant_ctr=observers.MinMaxObserver,
+    )
+
+    def bias_qparams(obs):
+        (s_x, _), (s_w, _) = (o.calculate_qparams() for o in obs)
+        return s_x * s_w, torch.zeros_like(s_x, dtype=torch.int32)
+
+    class WithInt32Bias(Quantizer):
+        def annotate(self, model):
+            for n in model.graph.nodes:
+                if n.target == aten.linear.default:
+                    x, w, b = n.args
+                    bias = DerivedQuantizationSpec(
+                        derived_from=[(x, n), (w, n)],
+                        derive_qparams_fn=bias_qparams,
+                        dtype=torch.int32,
+                        quant_min=-(2**31),
+                        quant_max=2**31 - 1,
+                        qscheme=torch.per_tensor_symmetric,
+                    )
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={x: act, w: weight, b: bias},
+                        output_qspec=act,
+                        _annotated=True,
+                    )
+            return model
+
+    m = quantize(LinearModel().eval(), WithInt32Bias(), LINEAR_IN)
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    s_x, s_w, s_b = (linear.args[i].args[1] for i in range(3))
+    assert linear.args[2].args[5] == torch.int32
+    assert s_b == pytest.approx(s_x * s_w, rel=1e-6)
+
+
+def test_module_type_config_none_keeps_those_modules_in_float():
+    from pt2e_models import ConvLinearWPermute
+
+    quantizer = symmetric().set_module_type(torch.nn.Linear, None)
+    m = quantize(ConvLinearWPermute().eval(), quantizer, (torch.randn(1, 3, 4, 4),))
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    assert linear.args[1].op == "get_attr"  # float weight, no dequantize
+    assert op_counts(m)[aten.conv2d.default] == 1
+
+
+def test_module_name_config_overrides_the_global_one():
+    from pt2e_models import ConvLinearWPermute
+
+    quantizer = symmetric().set_module_name("conv", None)
+    m = quantize(ConvLinearWPermute().eval(), quantizer, (torch.randn(1, 3, 4, 4),))
+    conv = next(n for n in m.graph.nodes if n.target == aten.conv2d.default)
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    assert conv.args[1].op == "get_attr"
+    assert linear.args[1].target == DQ
