@@ -67,11 +67,8 @@ def test_converted_linear_computes_dequantized_integer_arithmetic(quantized_line
     the weight qparams, run the float linear, fake-quantize the result with the output qparams."""
     model, m = quantized_linear
     x = LINEAR_IN[0]
-    q_in, w_dq, q_out = (
-        [n for n in m.graph.nodes if n.target == Q][0],
-        next(n for n in m.graph.nodes if n.target == DQ and n.args[0].op == "get_attr"),
-        [n for n in m.graph.nodes if n.target == Q][1],
-    )
+    q_in, q_out = (n for n in m.graph.nodes if n.target == Q)
+    w_dq = next(n for n in m.graph.nodes if n.target == DQ and n.args[0].op == "get_attr")
 
     def fq(t, node):
         _, s, z, lo, hi, _ = node.args
@@ -170,7 +167,7 @@ def test_prepare_rejects_a_model_that_was_not_exported():
 
 def test_prepare_rejects_something_that_is_not_a_quantizer():
     gm = export(LinearModel(), LINEAR_IN)
-    with pytest.raises(TypeError, match="quantizer must be a harness.quant.pt2e.Quantizer"):
+    with pytest.raises(TypeError, match=r"quantizer must be a harness\.quant\.pt2e\.Quantizer"):
         prepare_pt2e(gm, object())
 
 
