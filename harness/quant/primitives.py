@@ -21,13 +21,16 @@ The ``_*`` kernels are TorchScript- and export-friendly and do no data-dependent
 public functions validate their arguments first and raise ``ValueError`` naming the argument.
 """
 
-from typing import Optional
-
 import torch
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.uint16, torch.int16, torch.int32)
+# 4-bit codes (embedding weight-only) are described by torch.uint4 / torch.int4 but stored in
+# uint8 / int8 tensors: this torch cannot copy into its 4-bit dtypes.
+SUB_BYTE_DTYPES = (torch.uint4, torch.int4)
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-SUPPORTED_DTYPES = INTEGER_DTYPES + FLOAT8_DTYPES
+SUPPORTED_DTYPES = INTEGER_DTYPES + SUB_BYTE_DTYPES + FLOAT8_DTYPES
+_SUB_BYTE_BOUNDS = {torch.uint4: (0, 15), torch.int4: (-8, 7)}
+_STORAGE = {torch.uint4: torch.uint8, torch.int4: torch.int8}
 
 PER_TENSOR_SCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 PER_CHANNEL_SCHEMES = (
@@ -50,7 +53,10 @@ def as_plain_dtype(dtype: torch.dtype) -> torch.dtype:
         torch.quint8: torch.uint8,
         torch.qint8: torch.int8,
         torch.qint32: torch.int32,
+        torch.quint4x2: torch.uint4,
     }
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype: expected a torch.dtype, got {dtype!r}")
     dtype = legacy.get(dtype, dtype)
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(
@@ -66,23 +72,32 @@ def dtype_bounds(dtype: torch.dtype) -> tuple[int, int]:
     if dtype in FLOAT8_DTYPES:
         fmax = int(torch.finfo(dtype).max)
         return -fmax, fmax
+    if dtype in SUB_BYTE_DTYPES:
+        return _SUB_BYTE_BOUNDS[dtype]
     info = torch.iinfo(dtype)
     return int(info.min), int(info.max)
 
 
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The tensor dtype quantized codes of ``dtype`` are stored in (4-bit codes: one per byte)."""
+    dtype = as_plain_dtype(dtype)
+    return _STORAGE.get(dtype, dtype)
+
+
 def quant_range(
     dtype: torch.dtype,
-    quant_min: Optional[int] = None,
-    quant_max: Optional[int] = None,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
     reduce_range: bool = False,
 ) -> tuple[int, int]:
     """The ``(quant_min, quant_max)`` an observer uses.
 
-    Without an override the range is the dtype's full range; ``reduce_range`` drops one bit
-    (uint8 -> [0, 127], int8 -> [-64, 63]), which fbgemm/x86 need for activations to avoid
-    overflow in their 16-bit intermediate accumulation. With an override both bounds must be
-    given, lie inside the dtype, and satisfy ``quant_min <= quant_max``; ``reduce_range`` then
-    halves them (floor division, as torch.ao does).
+    Without an override the range is the dtype's full range; ``reduce_range`` drops one bit of
+    the 8-bit dtypes (uint8 -> [0, 127], int8 -> [-64, 63]), which fbgemm/x86 need for
+    activations to avoid overflow in their 16-bit intermediate accumulation; wider dtypes ignore
+    it, as torch.ao does. With an override both bounds must be given, lie inside the dtype, and
+    satisfy ``quant_min <= quant_max``; ``reduce_range`` then halves them (floor division, as
+    torch.ao does, whatever the dtype).
     """
     dtype = as_plain_dtype(dtype)
     lo, hi = dtype_bounds(dtype)
@@ -96,7 +111,9 @@ def quant_range(
         if quant_max > hi:
             raise ValueError(f"quant_max: {quant_max} is above the {dtype} maximum {hi}")
         lo, hi = quant_min, quant_max
-    if reduce_range and dtype not in FLOAT8_DTYPES:
+        if reduce_range:
+            lo, hi = lo // 2, hi // 2
+    elif reduce_range and dtype in (torch.uint8, torch.int8):
         lo, hi = lo // 2, hi // 2
     return lo, hi
 
@@ -106,8 +123,8 @@ def check_qparams(
     zero_point: torch.Tensor | int,
     quant_min: int,
     quant_max: int,
-    axis: Optional[int] = None,
-    x: Optional[torch.Tensor] = None,
+    axis: int | None = None,
+    x: torch.Tensor | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the first bad argument of a quantize/dequantize call."""
     if quant_min > quant_max:
@@ -118,9 +135,13 @@ def check_qparams(
     if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
         raise ValueError(f"scale: must be finite and > 0, got {s.flatten()[:8].tolist()}")
     z = torch.as_tensor(zero_point)
-    if z.is_floating_point() and not bool((z == z.round()).all()):
-        raise ValueError("zero_point: must hold integer values for affine quantization")
-    if bool((z < quant_min).any()) or bool((z > quant_max).any()):
+    if z.dtype == torch.bool or z.is_complex():
+        raise ValueError(f"zero_point: expected an integer or float tensor, got {z.dtype}")
+    if z.is_floating_point():
+        # float zero points (per_channel_affine_float_qparams) may lie anywhere: z = -min / s
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("zero_point: must be finite")
+    elif bool((z < quant_min).any()) or bool((z > quant_max).any()):
         raise ValueError(
             f"zero_point: {z.flatten()[:8].tolist()} outside [quant_min, quant_max] = "
             f"[{quant_min}, {quant_max}]"
@@ -155,13 +176,91 @@ def _check_float_input(x: torch.Tensor, name: str = "x") -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# How qparams are derived from a range; plain ints so TorchScript'd observers can carry them.
+QPARAMS_AFFINE = 0
+QPARAMS_SYMMETRIC = 1
+QPARAMS_FLOAT = 2
+
+
+def qparams_mode(qscheme: torch.qscheme) -> int:
+    """The kernel mode (``QPARAMS_*``) for ``qscheme``; ``ValueError`` naming ``qscheme``."""
+    if qscheme in SYMMETRIC_SCHEMES:
+        return QPARAMS_SYMMETRIC
+    if qscheme == torch.per_channel_affine_float_qparams:
+        return QPARAMS_FLOAT
+    if qscheme in (torch.per_tensor_affine, torch.per_channel_affine):
+        return QPARAMS_AFFINE
+    raise ValueError(f"qscheme: unsupported {qscheme}")
+
+
+def symmetric_zero_point(
+    dtype: torch.dtype, quant_min: int, quant_max: int, customized: bool
+) -> int:
+    """Zero point of symmetric quantization: 0 for signed dtypes, the middle code for unsigned.
+
+    For uint8 that is 128 over the full range and ``(quant_min + quant_max) // 2`` over a custom
+    one; uint16 uses ``2**15``, as torch.ao does.
+    """
+    dtype = as_plain_dtype(dtype)
+    if dtype == torch.uint8:
+        return (quant_min + quant_max) // 2 if customized else 128
+    if dtype == torch.uint16:
+        return 2**15
+    return 0
+
+
+def _choose_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    mode: int,
+    sym_zero_point: int,
+    eps: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unchecked, TorchScript-able core of :func:`choose_qparams` (math documented there).
+
+    ``mode`` is one of ``QPARAMS_*``; results live on ``min_val``'s device.
+    """
+    device = min_val.device
+    if min_val.numel() == 0 or max_val.numel() == 0:
+        return torch.ones([1], device=device), torch.zeros([1], dtype=torch.int64, device=device)
+    if min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf")):
+        # never observed: the neutral qparams
+        return torch.ones([1], device=device), torch.zeros([1], dtype=torch.int64, device=device)
+    if bool((min_val > max_val).any()):
+        raise ValueError("min_val: greater than max_val")
+    eps = eps.to(device=device, dtype=torch.float32)
+    lo = torch.minimum(min_val, torch.zeros_like(min_val))
+    hi = torch.maximum(max_val, torch.zeros_like(max_val))
+    # literal modes: TorchScript cannot read module globals (1 = symmetric, 2 = float qparams)
+    if mode == 1:
+        bound = torch.maximum(-lo, hi)
+        scale = torch.maximum(bound / (float(quant_max - quant_min) / 2), eps)
+        zero_point = torch.full(lo.shape, sym_zero_point, dtype=torch.int64, device=device)
+    elif mode == 2:
+        scale = (max_val - min_val) / float(quant_max - quant_min)
+        scale = torch.where(scale > eps, scale, torch.ones_like(scale))
+        zero_point = -1 * min_val / scale
+    else:
+        scale = torch.maximum((hi - lo) / float(quant_max - quant_min), eps)
+        # int32, like torch.ao, so qparams compare equal dtype-for-dtype.
+        zero_point = quant_min - torch.round(lo / scale).to(torch.int32)
+        zero_point = torch.clamp(zero_point, quant_min, quant_max)
+    if scale.dim() == 0:
+        scale = scale.reshape([1])
+    if zero_point.dim() == 0:
+        zero_point = zero_point.reshape([1])
+    return scale.to(torch.float32), zero_point
+
+
 def choose_qparams(
     min_val: torch.Tensor,
     max_val: torch.Tensor,
     dtype: torch.dtype = torch.uint8,
     qscheme: torch.qscheme = torch.per_tensor_affine,
-    quant_min: Optional[int] = None,
-    quant_max: Optional[int] = None,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
     reduce_range: bool = False,
     eps: float = DEFAULT_EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,51 +270,36 @@ def choose_qparams(
     (``lo = min(min_val, 0)``, ``hi = max(max_val, 0)``). Then, with ``R = quant_max - quant_min``:
 
     * affine: ``s = max((hi - lo) / R, eps)``, ``z = clamp(quant_min - round(lo / s), qmin, qmax)``
-    * symmetric: ``s = max(max(-lo, hi) / (R / 2), eps)``; ``z = 0`` for signed dtypes and the
-      midpoint (128 for the full uint8 range, ``(qmin + qmax) // 2`` for a custom one) for uint8
+    * symmetric: ``s = max(max(-lo, hi) / (R / 2), eps)``; ``z`` from
+      :func:`symmetric_zero_point` (0 signed, 128 for the full uint8 range)
     * float qparams (embeddings): ``s = (max - min) / R`` (1.0 where ``s <= eps``) and a float
       zero point ``z = -min / s``, without widening to 0.
 
     Returns ``scale`` as float32 (shape ``[1]`` per tensor, ``[C]`` per channel) and
     ``zero_point`` of the same shape: int32 for affine, int64 for symmetric, float32 for float
     qparams, exactly as torch.ao does.
-    An empty or never-observed range (``min > max``) gives the neutral ``(1.0, 0)``.
+    An empty or never-observed range (``min = +inf, max = -inf``) gives the neutral ``(1.0, 0)``;
+    ``min_val > max_val`` anywhere else raises ``ValueError``.
     """
     dtype = as_plain_dtype(dtype)
     customized = quant_min is not None or quant_max is not None
     qmin, qmax = quant_range(dtype, quant_min, quant_max, reduce_range)
+    mode = qparams_mode(qscheme)
     min_val = torch.as_tensor(min_val, dtype=torch.float32)
     max_val = torch.as_tensor(max_val, dtype=torch.float32)
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val/max_val: shapes differ, {min_val.shape} vs {max_val.shape}")
-    if min_val.numel() == 0 or bool((min_val > max_val).any()):
-        return torch.tensor([1.0]), torch.tensor([0])
-    if qscheme not in PER_TENSOR_SCHEMES + PER_CHANNEL_SCHEMES:
-        raise ValueError(f"qscheme: unsupported {qscheme}")
-    eps_t = torch.tensor(eps, dtype=torch.float32)
-    lo = torch.minimum(min_val, torch.zeros_like(min_val))
-    hi = torch.maximum(max_val, torch.zeros_like(max_val))
-    zero_point = torch.zeros(lo.shape, dtype=torch.int64)
-    if qscheme in SYMMETRIC_SCHEMES:
-        bound = torch.maximum(-lo, hi)
-        scale = torch.maximum(bound / (float(qmax - qmin) / 2), eps_t)
-        if dtype == torch.uint8:
-            mid = (qmin + qmax) // 2 if customized else 128
-            zero_point = zero_point.new_full(zero_point.shape, mid)
-    elif qscheme == torch.per_channel_affine_float_qparams:
-        scale = (max_val - min_val) / float(qmax - qmin)
-        scale = torch.where(scale > eps_t, scale, torch.ones_like(scale))
-        zero_point = -1 * min_val / scale
-    else:
-        scale = torch.maximum((hi - lo) / float(qmax - qmin), eps_t)
-        # int32, like torch.ao, so qparams compare equal dtype-for-dtype.
-        zero_point = qmin - torch.round(lo / scale).to(torch.int32)
-        zero_point = torch.clamp(zero_point, qmin, qmax)
-    if scale.dim() == 0:
-        scale = scale.reshape(1)
-    if zero_point.dim() == 0:
-        zero_point = zero_point.reshape(1)
-    return scale.to(torch.float32), zero_point
+    if not eps > 0:
+        raise ValueError(f"eps: must be > 0, got {eps}")
+    return _choose_qparams(
+        min_val,
+        max_val,
+        qmin,
+        qmax,
+        mode,
+        symmetric_zero_point(dtype, qmin, qmax, customized),
+        torch.tensor([eps], dtype=torch.float32),
+    )
 
 
 def choose_qparams_per_group(
@@ -223,8 +307,8 @@ def choose_qparams_per_group(
     group_size: int,
     dtype: torch.dtype = torch.int8,
     symmetric: bool = True,
-    quant_min: Optional[int] = None,
-    quant_max: Optional[int] = None,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
     eps: float = DEFAULT_EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Qparams for every run of ``group_size`` consecutive elements of the last dimension.
@@ -265,7 +349,7 @@ def _quantize(
     quant_min: int,
     quant_max: int,
     dtype: torch.dtype,
-    axis: Optional[int] = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     x = x.to(torch.float32)
     if axis is not None:
@@ -273,7 +357,11 @@ def _quantize(
         scale = _channel_view(scale, a, x.dim())
         zero_point = _channel_view(zero_point, a, x.dim())
     inv_scale = 1.0 / scale.to(torch.float32)
-    q = torch.round(x * inv_scale) + zero_point.to(torch.float32)
+    if zero_point.is_floating_point():
+        # float qparams: the zero point takes part in the rounding, round(x / s + z)
+        q = torch.round(x * inv_scale + zero_point.to(torch.float32))
+    else:
+        q = torch.round(x * inv_scale) + zero_point.to(torch.float32)
     return torch.clamp(q, quant_min, quant_max).to(dtype)
 
 
@@ -281,7 +369,7 @@ def _dequantize(
     q: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
-    axis: Optional[int] = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     if axis is not None:
         a = axis % q.dim()
@@ -296,7 +384,7 @@ def _fake_quantize(
     zero_point: torch.Tensor,
     quant_min: int,
     quant_max: int,
-    axis: Optional[int] = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     """Straight-through fake-quant: forward is dequantize(quantize(x)); the gradient passes
     through where ``x`` is inside the representable range and is zero where it is clamped."""
@@ -306,7 +394,10 @@ def _fake_quantize(
         zero_point = _channel_view(zero_point, a, x.dim())
     s = scale.to(torch.float32)
     z = zero_point.to(torch.float32)
-    unclamped = torch.round(x * (1.0 / s)) + z
+    if zero_point.is_floating_point():
+        unclamped = torch.round(x * (1.0 / s) + z)
+    else:
+        unclamped = torch.round(x * (1.0 / s)) + z
     y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
     inside = (unclamped >= quant_min) & (unclamped <= quant_max)
     # y carries the value, x the gradient (masked to the unclamped region).
@@ -323,9 +414,9 @@ def quantize(
     scale: torch.Tensor | float,
     zero_point: torch.Tensor | int,
     dtype: torch.dtype,
-    quant_min: Optional[int] = None,
-    quant_max: Optional[int] = None,
-    axis: Optional[int] = None,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     """Affine quantization of float ``x`` to integer ``dtype``; per channel along ``axis``.
 
@@ -339,7 +430,13 @@ def quantize(
     qmin, qmax = quant_range(dtype, quant_min, quant_max)
     check_qparams(scale, zero_point, qmin, qmax, axis, x)
     return _quantize(
-        x, torch.as_tensor(scale), torch.as_tensor(zero_point), qmin, qmax, dtype, axis
+        x,
+        torch.as_tensor(scale),
+        torch.as_tensor(zero_point),
+        qmin,
+        qmax,
+        storage_dtype(dtype),
+        axis,
     )
 
 
@@ -347,12 +444,15 @@ def dequantize(
     q: torch.Tensor,
     scale: torch.Tensor | float,
     zero_point: torch.Tensor | int = 0,
-    axis: Optional[int] = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     """``x' = (q - z) * s`` in float32; per channel along ``axis``. Float8 ``q`` ignores ``z``."""
     if q.dtype in FLOAT8_DTYPES:
         return dequantize_float8(q, scale)
-    as_plain_dtype(q.dtype)
+    if q.dtype not in INTEGER_DTYPES:
+        raise ValueError(
+            f"q: expected an integer or float8 tensor of quantized codes, got {q.dtype}"
+        )
     lo, hi = dtype_bounds(q.dtype)
     check_qparams(scale, zero_point, lo, hi, axis, q)
     return _dequantize(q, torch.as_tensor(scale), torch.as_tensor(zero_point), axis)
@@ -364,7 +464,7 @@ def fake_quantize(
     zero_point: torch.Tensor | int,
     quant_min: int,
     quant_max: int,
-    axis: Optional[int] = None,
+    axis: int | None = None,
 ) -> torch.Tensor:
     """``dequantize(quantize(x))`` in float, with a straight-through gradient inside the range."""
     _check_float_input(x)
@@ -401,8 +501,8 @@ def quantize_per_group(
     zero_point: torch.Tensor,
     group_size: int,
     dtype: torch.dtype = torch.int8,
-    quant_min: Optional[int] = None,
-    quant_max: Optional[int] = None,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> torch.Tensor:
     """Quantize each group of ``group_size`` elements of the last dimension with its own qparams
     (shapes as returned by :func:`choose_qparams_per_group`)."""

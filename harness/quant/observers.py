@@ -1,0 +1,606 @@
+"""Observers: modules that watch tensors flow by and turn their statistics into qparams.
+
+The API is shaped like ``torch.ao.quantization.observer`` (same class names, constructor
+arguments, buffers ``min_val`` / ``max_val``, ``calculate_qparams()`` and ``with_args``), so a
+torch.ao eager flow maps onto qbc one to one, but everything computes with
+:mod:`harness.quant.primitives` on plain tensors and nothing emits warnings.
+
+Every observer's ``forward(x)`` returns ``x`` unchanged; only buffers are updated, and always in
+place (``copy_`` / ``resize_``) so that ``nn.DataParallel`` replicas and state_dict consumers see
+the same tensor objects. The observers here are scriptable with ``torch.jit.script``.
+
+Divergences from torch.ao, on purpose:
+
+* Bad arguments raise ``ValueError`` naming the argument (torch.ao raises ``AssertionError`` or
+  ``NotImplementedError``); ``reduce_range`` does not warn.
+* ``HistogramObserver`` drops non-finite values (``inf`` and ``nan``) silently; when its stored
+  range is a single point (``min_val == max_val``, e.g. after a constant batch) the next batch
+  restarts the histogram instead of being merged with a zero-width one; and huge
+  ``upsample_rate`` values are computed in closed form in O(bins) memory.
+* Loading a state_dict never moves buffers to the device of the loaded tensors.
+"""
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.quant import primitives as P
+
+__all__ = [
+    "FixedQParamsObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "NoopObserver",
+    "ObserverBase",
+    "PerChannelMinMaxObserver",
+    "PlaceholderObserver",
+    "RecordingObserver",
+    "UniformQuantizationObserverBase",
+]
+
+
+class _PartialWrapper:
+    """A constructor with bound keyword arguments; calling it builds a fresh instance.
+
+    ``Cls.with_args(a=1).with_args(b=2)()`` is ``Cls(a=1, b=2)``. Keeps ``.p`` (a
+    ``functools.partial``) like torch.ao's wrapper so qconfigs can be compared and printed.
+    """
+
+    def __init__(self, p: functools.partial) -> None:
+        self.p = p
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.p(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.p.func.__name__}.with_args({self.p.keywords})"
+
+    def with_args(self, **kwargs: Any) -> "_PartialWrapper":
+        return _PartialWrapper(functools.partial(self.p, **kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _PartialWrapper):
+            return NotImplemented
+        return self.p.func is other.p.func and self.p.keywords == other.p.keywords
+
+    def __hash__(self) -> int:
+        return hash((self.p.func, tuple(sorted(self.p.keywords))))
+
+
+def _with_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
+    return _PartialWrapper(functools.partial(cls_or_self, **kwargs))
+
+
+def _observer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Plain dtype for quantizing observers; float dtypes pass (placeholders, float16 configs)."""
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype not in P.FLOAT8_DTYPES:
+        return dtype
+    return P.as_plain_dtype(dtype)
+
+
+class ObserverBase(nn.Module):
+    """Base of all observers: ``dtype`` (the target dtype) and ``is_dynamic`` (qparams computed
+    at run time from each input, as dynamic quantization does)."""
+
+    def __init__(self, dtype: torch.dtype = torch.uint8, is_dynamic: bool = False) -> None:
+        super().__init__()
+        self.dtype = _observer_dtype(dtype)
+        self.is_dynamic = is_dynamic
+
+    with_args = classmethod(_with_args)
+
+
+class UniformQuantizationObserverBase(ObserverBase):
+    """Shared state of the range-based observers: dtype, qscheme, quant range and ``eps``.
+
+    ``quant_min``/``quant_max`` default to the dtype's range (:func:`primitives.quant_range`);
+    a custom range must contain 0 and have ``quant_min < quant_max``. ``reduce_range`` drops one
+    bit (for fbgemm/x86 activations). ``eps`` is kept as a ``[1]`` buffer (state_dict version 2+).
+    """
+
+    # 1: no eps buffer; 2: eps buffer; 3: per-channel buffers renamed min_vals -> min_val and
+    # the histogram observer's unobserved min/max stored as 0-dim +-inf instead of shape [0].
+    _version = 3
+
+    eps: torch.Tensor
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        factory_kwargs: dict | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise ValueError(f"{next(iter(kwargs))}: unexpected observer argument")
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        if self.dtype.is_floating_point and self.dtype not in P.FLOAT8_DTYPES:
+            raise ValueError(f"dtype: {dtype} is not a quantized dtype")
+        self.qscheme = qscheme
+        self._qparams_mode = P.qparams_mode(qscheme)
+        self.reduce_range = reduce_range
+        if not eps > 0:
+            raise ValueError(f"eps: must be > 0, got {eps}")
+        factory_kwargs = nn.factory_kwargs(factory_kwargs)
+        self.register_buffer("eps", torch.tensor([eps], **factory_kwargs))
+        self.has_customized_qrange = quant_min is not None and quant_max is not None
+        if (quant_min is None) != (quant_max is None):
+            raise ValueError("quant_min/quant_max: give both bounds or neither")
+        if quant_min is not None and quant_max is not None:
+            if quant_min >= quant_max:
+                raise ValueError(f"quant_min: {quant_min} must be < quant_max {quant_max}")
+            if not quant_min <= 0 <= quant_max:
+                raise ValueError(
+                    f"quant_min/quant_max: custom range [{quant_min}, {quant_max}] must contain 0"
+                )
+        qmin, qmax = P.quant_range(self.dtype, quant_min, quant_max, reduce_range)
+        self.quant_min: int = qmin
+        self.quant_max: int = qmax
+        self._sym_zero_point: int = P.symmetric_zero_point(
+            self.dtype, qmin, qmax, self.has_customized_qrange
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        version = local_metadata.get("version")
+        if (version is None or version < 2) and prefix + "eps" not in state_dict:
+            # version 1 kept eps as a plain attribute; it was always float32 machine epsilon.
+            state_dict[prefix + "eps"] = torch.tensor([P.DEFAULT_EPS])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @torch.jit.export
+    def _calculate_qparams(
+        self, min_val: torch.Tensor, max_val: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qparams for ``[min_val, max_val]`` with this observer's settings (see
+        :func:`primitives.choose_qparams` for the math)."""
+        return P._choose_qparams(
+            min_val,
+            max_val,
+            self.quant_min,
+            self.quant_max,
+            self._qparams_mode,
+            self._sym_zero_point,
+            self.eps,
+        )
+
+    @torch.jit.export
+    def reset_min_max_vals(self) -> None:
+        raise RuntimeError("reset_min_max_vals: not supported by this observer")
+
+
+def _check_per_tensor(qscheme: torch.qscheme, name: str) -> None:
+    if qscheme not in P.PER_TENSOR_SCHEMES:
+        raise ValueError(
+            f"qscheme: {name} takes per_tensor_affine or per_tensor_symmetric, got {qscheme}"
+        )
+
+
+def _check_per_channel(qscheme: torch.qscheme, name: str) -> None:
+    if qscheme not in P.PER_CHANNEL_SCHEMES:
+        raise ValueError(f"qscheme: {name} takes a per-channel qscheme, got {qscheme}")
+
+
+def _check_symmetric_uint8_reduce(obs: UniformQuantizationObserverBase) -> None:
+    # A reduced symmetric uint8 range would put the zero point (128) outside [0, 127].
+    if obs.qscheme in P.SYMMETRIC_SCHEMES and obs.reduce_range and obs.dtype == torch.uint8:
+        raise ValueError("reduce_range: not supported for symmetric quantization to uint8")
+
+
+class MinMaxObserver(UniformQuantizationObserverBase):
+    """Per-tensor qparams from the running minimum and maximum of everything observed.
+
+    ``min_val = min(min_val, min(x))``, ``max_val = max(max_val, max(x))``; starts at
+    ``(+inf, -inf)`` which means "nothing observed" and yields the neutral qparams ``(1.0, 0)``.
+    Infinite inputs are recorded as they are (as torch.ao does), giving an infinite scale.
+    """
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        factory_kwargs: dict | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        _check_per_tensor(qscheme, type(self).__name__)
+        super().__init__(
+            dtype,
+            qscheme,
+            reduce_range,
+            quant_min,
+            quant_max,
+            factory_kwargs,
+            eps,
+            is_dynamic,
+            **kwargs,
+        )
+        _check_symmetric_uint8_reduce(self)
+        factory_kwargs = nn.factory_kwargs(factory_kwargs)
+        self.register_buffer("min_val", torch.tensor(float("inf"), **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **factory_kwargs))
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().to(self.min_val.dtype)
+        cur_min, cur_max = torch.aminmax(x)
+        self.min_val.copy_(torch.minimum(cur_min, self.min_val))
+        self.max_val.copy_(torch.maximum(cur_max, self.max_val))
+        return x_orig
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    @torch.jit.export
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+    @torch.jit.export
+    def reset_min_max_vals(self) -> None:
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """Per-tensor qparams from exponential moving averages of each batch's min and max.
+
+    The first batch sets ``min_val, max_val = min(x), max(x)``; later ones update
+    ``min_val += c * (min(x) - min_val)`` (same for max) with ``c = averaging_constant``.
+    ``is_dynamic=True`` needs ``c = 1`` (the qparams then follow the latest batch only).
+    """
+
+    def __init__(
+        self,
+        averaging_constant: float = 0.01,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < averaging_constant <= 1:
+            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
+        if is_dynamic and averaging_constant != 1:
+            raise ValueError(
+                f"averaging_constant: dynamic quantization needs 1, got {averaging_constant}"
+            )
+        self.averaging_constant = averaging_constant
+        super().__init__(
+            dtype=dtype,
+            qscheme=qscheme,
+            reduce_range=reduce_range,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            eps=eps,
+            is_dynamic=is_dynamic,
+            **kwargs,
+        )
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().to(self.min_val.dtype)
+        cur_min, cur_max = torch.aminmax(x)
+        if bool(self.min_val == float("inf")) and bool(self.max_val == float("-inf")):
+            self.min_val.copy_(cur_min)
+            self.max_val.copy_(cur_max)
+        else:
+            c = self.averaging_constant
+            self.min_val.copy_(self.min_val + c * (cur_min - self.min_val))
+            self.max_val.copy_(self.max_val + c * (cur_max - self.max_val))
+        return x_orig
+
+
+class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
+    """One running min/max (hence one scale and zero point) per slice along ``ch_axis``.
+
+    ``min_val``/``max_val`` start empty (shape ``[0]``) and take the channel count of the first
+    tensor observed; loading a state_dict resizes them, so an observer can take the statistics
+    of a model with another channel count. ``calculate_qparams`` returns ``[C]``-shaped qparams.
+    """
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+
+    def __init__(
+        self,
+        ch_axis: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_channel_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        factory_kwargs: dict | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        _check_per_channel(qscheme, type(self).__name__)
+        if not isinstance(ch_axis, int):
+            raise ValueError(f"ch_axis: expected an int, got {ch_axis!r}")
+        super().__init__(
+            dtype,
+            qscheme,
+            reduce_range,
+            quant_min,
+            quant_max,
+            factory_kwargs,
+            eps,
+            is_dynamic,
+            **kwargs,
+        )
+        _check_symmetric_uint8_reduce(self)
+        self.ch_axis = ch_axis
+        factory_kwargs = nn.factory_kwargs(factory_kwargs)
+        self.register_buffer("min_val", torch.tensor([], **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor([], **factory_kwargs))
+
+    def _channel_minmax(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (min, max) of ``x``: the channel axis moved first, the rest flattened."""
+        x = x_orig.detach()
+        if not -x.dim() <= self.ch_axis < x.dim():
+            raise ValueError("ch_axis: out of range for the observed tensor's rank")
+        y = torch.movedim(x, self.ch_axis, 0).to(self.min_val.dtype)
+        return torch.aminmax(torch.flatten(y, start_dim=1), dim=1)
+
+    def _store(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
+        self.min_val.resize_(min_val.shape)
+        self.max_val.resize_(max_val.shape)
+        self.min_val.copy_(min_val)
+        self.max_val.copy_(max_val)
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        cur_min, cur_max = self._channel_minmax(x_orig)
+        if self.min_val.numel() == 0 or self.max_val.numel() == 0:
+            self._store(cur_min, cur_max)
+        else:
+            self._store(torch.minimum(cur_min, self.min_val), torch.maximum(cur_max, self.max_val))
+        return x_orig
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    @torch.jit.export
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+    @torch.jit.export
+    def reset_min_max_vals(self) -> None:
+        self.min_val.resize_([0])
+        self.max_val.resize_([0])
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        version = local_metadata.get("version")
+        if version is not None and version < 3:
+            # version 2 named the buffers min_vals / max_vals
+            for old, new in (("min_vals", "min_val"), ("max_vals", "max_val")):
+                if prefix + old in state_dict:
+                    state_dict[prefix + new] = state_dict.pop(prefix + old)
+        # Resize in place (never replace) so the buffers keep their device and identity; the
+        # base class then copies the values, whatever the stored channel count was.
+        for name in ("min_val", "max_val"):
+            key = prefix + name
+            if key in state_dict:
+                getattr(self, name).resize_(state_dict[key].shape)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+    """Per-channel exponential moving average of min and max (see
+    :class:`MovingAverageMinMaxObserver` for the update rule)."""
+
+    def __init__(
+        self,
+        averaging_constant: float = 0.01,
+        ch_axis: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_channel_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < averaging_constant <= 1:
+            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
+        if is_dynamic and averaging_constant != 1:
+            raise ValueError(
+                f"averaging_constant: dynamic quantization needs 1, got {averaging_constant}"
+            )
+        super().__init__(
+            ch_axis=ch_axis,
+            dtype=dtype,
+            qscheme=qscheme,
+            reduce_range=reduce_range,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            eps=eps,
+            is_dynamic=is_dynamic,
+            **kwargs,
+        )
+        self.averaging_constant = averaging_constant
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        cur_min, cur_max = self._channel_minmax(x_orig)
+        if self.min_val.numel() == 0 or self.max_val.numel() == 0:
+            self._store(cur_min, cur_max)
+        else:
+            c = self.averaging_constant
+            self._store(
+                self.min_val + c * (cur_min - self.min_val),
+                self.max_val + c * (cur_max - self.max_val),
+            )
+        return x_orig
+
+
+class PlaceholderObserver(ObserverBase):
+    """Observes nothing; carries ``dtype`` (and optionally ``quant_min``/``quant_max``,
+    ``qscheme``, ``is_dynamic``) to whoever converts the model, e.g. float16 or dynamic configs.
+
+    ``calculate_qparams`` raises: there is nothing to compute.
+    """
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.float32,
+        custom_op_name: str = "",
+        compute_dtype: torch.dtype | None = None,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        qscheme: torch.qscheme | None = None,
+        eps: float | None = None,
+        is_dynamic: bool = False,
+    ) -> None:
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        if qscheme is None:
+            qscheme = torch.per_tensor_affine
+        if eps is None:
+            eps = P.DEFAULT_EPS
+        self.qscheme = qscheme
+        self.quant_min = quant_min
+        self.quant_max = quant_max
+        self.eps = eps
+        self.custom_op = custom_op_name
+        # compute_dtype is the dtype a dynamic op quantizes its input to at run time
+        if compute_dtype is not None:
+            compute_dtype = _observer_dtype(compute_dtype)
+        self.compute_dtype = compute_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("calculate_qparams: a PlaceholderObserver has no qparams")
+
+
+class RecordingObserver(ObserverBase):
+    """Keeps a copy of every tensor it sees (for debugging); ``get_tensor_value()`` returns them
+    in order. Has no qparams."""
+
+    __annotations__ = {"tensor_val": list[torch.Tensor]}
+
+    def __init__(self, dtype: torch.dtype = torch.uint8) -> None:
+        super().__init__(dtype=dtype, is_dynamic=False)
+        self.tensor_val: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tensor_val.append(x.clone())
+        return x
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("calculate_qparams: a RecordingObserver has no qparams")
+
+    @torch.jit.export
+    def get_tensor_value(self) -> list[torch.Tensor]:
+        return self.tensor_val
+
+
+class NoopObserver(ObserverBase):
+    """Observes nothing and has no qparams; marks values that stay in ``dtype`` (float16 by
+    default), e.g. the output of a weight-only quantized embedding."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16, custom_op_name: str = "") -> None:
+        super().__init__(dtype=dtype, is_dynamic=False)
+        self.custom_op = custom_op_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("calculate_qparams: a NoopObserver has no qparams")
+
+
+class FixedQParamsObserver(ObserverBase):
+    """Returns the qparams it was built with, whatever it observes: for ops whose output range
+    is known in advance (sigmoid -> ``[0, 1]``: scale 1/256, zero point 0 over ``[0, 255]``).
+
+    Buffers ``scale`` (float32 ``[1]``) and ``zero_point`` (int32 ``[1]``).
+    """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(
+        self,
+        scale: float,
+        zero_point: int,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        quant_min: int = 0,
+        quant_max: int = 255,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise ValueError(f"{next(iter(kwargs))}: unexpected observer argument")
+        if is_dynamic:
+            raise ValueError("is_dynamic: fixed qparams cannot be dynamic")
+        super().__init__(dtype=dtype, is_dynamic=False)
+        lo, hi = P.dtype_bounds(self.dtype)
+        if not lo <= quant_min < quant_max <= hi:
+            raise ValueError(
+                f"quant_min/quant_max: [{quant_min}, {quant_max}] is not a range of {self.dtype}"
+            )
+        P.check_qparams(scale, zero_point, quant_min, quant_max)
+        self.quant_min = quant_min
+        self.quant_max = quant_max
+        self.qscheme = qscheme
+        self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale, self.zero_point
