@@ -30,6 +30,7 @@ from harness.quant import primitives as P
 
 __all__ = [
     "FixedQParamsObserver",
+    "HistogramObserver",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "MovingAveragePerChannelMinMaxObserver",
@@ -604,3 +605,288 @@ class FixedQParamsObserver(ObserverBase):
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.scale, self.zero_point
+
+
+# Above this many sub-bins the upsampled histogram is not materialised (see _upscale_histogram).
+_MAX_UPSAMPLED_BINS = 1 << 20
+
+
+class HistogramObserver(UniformQuantizationObserverBase):
+    """Per-tensor qparams from a running histogram, clipping outliers to minimise L2 error.
+
+    **Recording.** ``histogram`` has ``bins`` equal-width bins over ``[min_val, max_val]``, the
+    range of everything observed. When a batch widens the range, the old histogram is
+    re-binned onto the new range: each old bin is split into ``upsample_rate`` sub-bins, each
+    sub-bin's mass goes to the new bin holding its midpoint. Beyond ``2**20`` sub-bins the limit
+    ``upsample_rate -> inf`` is used instead: the old histogram's cumulative distribution
+    (piecewise linear) is evaluated at the new bin edges, O(bins) memory for any rate.
+    Non-finite values are ignored. A single-point range (``min_val == max_val``) is restarted
+    by the next batch rather than merged.
+
+    **Range search.** Over candidate ranges ``[start_bin, end_bin]`` (shrunk alternately from
+    the side holding less mass, in steps of ``1e-5`` of the total), the error of quantizing the
+    histogram into ``dst_nbins = 2**bits`` levels over that range is
+
+        E = sum_b density_b * integral over the bin of (x - nearest level centre)^2 dx
+
+    with ``integral_a^b t^2 dt = (b^3 - a^3) / 3`` per piece; the search stops at the first
+    increase of ``E``. The chosen range then goes through the usual min/max qparams math.
+    Numerically this follows torch.ao's HistogramObserver operation for operation, so both give
+    identical histograms and qparams on the same data.
+    """
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+    histogram: torch.Tensor
+
+    def __init__(
+        self,
+        bins: int = 2048,
+        upsample_rate: int = 16,
+        dtype: torch.dtype = torch.uint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        factory_kwargs: dict | None = None,
+        eps: float = P.DEFAULT_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        _check_per_tensor(qscheme, type(self).__name__)
+        if is_dynamic:
+            raise ValueError("is_dynamic: HistogramObserver cannot compute dynamic qparams")
+        if not isinstance(bins, int) or bins <= 0:
+            raise ValueError(f"bins: must be a positive int, got {bins!r}")
+        if not isinstance(upsample_rate, int) or upsample_rate <= 0:
+            raise ValueError(f"upsample_rate: must be a positive int, got {upsample_rate!r}")
+        super().__init__(
+            dtype,
+            qscheme,
+            reduce_range,
+            quant_min,
+            quant_max,
+            factory_kwargs,
+            eps,
+            is_dynamic,
+            **kwargs,
+        )
+        _check_symmetric_uint8_reduce(self)
+        factory_kwargs = nn.factory_kwargs(factory_kwargs)
+        self.bins = bins
+        self.upsample_rate = upsample_rate
+        self.max_upsampled_bins = _MAX_UPSAMPLED_BINS
+        self.register_buffer("histogram", torch.zeros(bins, **factory_kwargs))
+        self.register_buffer("min_val", torch.tensor(float("inf"), **factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **factory_kwargs))
+        # Levels of the target dtype (the full dtype, even with reduce_range, as torch.ao does).
+        lo, hi = P.dtype_bounds(self.dtype)
+        self.dst_nbins = hi - lo + 1
+
+    # ---- recording ---------------------------------------------------------------------
+
+    def _reset_histogram(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> None:
+        self.min_val.copy_(x_min)
+        self.max_val.copy_(x_max)
+        hist = torch.histc(x, self.bins, min=float(x_min), max=float(x_max))
+        self.histogram.copy_(hist)
+
+    def _upscale_histogram(
+        self,
+        histogram: torch.Tensor,
+        orig_min: torch.Tensor,
+        orig_max: torch.Tensor,
+        update_min: torch.Tensor,
+        update_max: torch.Tensor,
+    ) -> torch.Tensor:
+        """Re-bin ``histogram`` (over ``[orig_min, orig_max]``) onto ``bins`` bins over the wider
+        ``[update_min, update_max]``, spreading each bin's mass uniformly inside it."""
+        bins = self.bins
+        rate = self.upsample_rate
+        if bins * rate <= self.max_upsampled_bins:
+            sub = histogram.repeat_interleave(rate) / rate
+            sub_width = (orig_max - orig_min) / (bins * rate)
+            sub_centres = (
+                torch.linspace(float(orig_min), float(orig_max), bins * rate + 1)[:-1].to(
+                    histogram.device
+                )
+                + 0.5 * sub_width
+            )
+            edges = torch.linspace(float(update_min), float(update_max), bins + 1).to(
+                histogram.device
+            )
+            target = torch.bucketize(sub_centres, edges, right=True) - 1
+            target = torch.clamp(target, 0, bins - 1)
+            return torch.bincount(target, weights=sub, minlength=bins)
+        # Closed form of rate -> inf: cumulative mass at each new edge, by linear interpolation
+        # inside the old bin holding it.
+        hist = histogram.to(torch.float64)
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(hist, 0)])
+        edges = torch.linspace(float(update_min), float(update_max), bins + 1, dtype=torch.float64)
+        span = float(orig_max) - float(orig_min)
+        pos = torch.clamp((edges - float(orig_min)) / span * bins, 0.0, float(bins))
+        idx = torch.clamp(torch.floor(pos).to(torch.int64), 0, bins - 1)
+        mass_below = cumulative[idx] + (pos - idx.to(torch.float64)) * hist[idx]
+        return mass_below[1:] - mass_below[:-1]
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach()
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            x = x[finite]
+            if x.numel() == 0:
+                return x_orig
+        x_min, x_max = torch.aminmax(x)
+        cur_min = self.min_val
+        cur_max = self.max_val
+        unobserved = bool(cur_min == float("inf")) or bool(cur_max == float("-inf"))
+        if unobserved or bool(cur_min == cur_max):
+            self._reset_histogram(x, x_min, x_max)
+            return x_orig
+        new_min = torch.minimum(cur_min, x_min)
+        new_max = torch.maximum(cur_max, x_max)
+        update = torch.histc(x, self.bins, min=float(new_min), max=float(new_max)).to(
+            self.histogram.device
+        )
+        if bool(new_min == cur_min) and bool(new_max == cur_max):
+            self.histogram.copy_(self.histogram + update)
+        else:
+            moved = self._upscale_histogram(self.histogram, cur_min, cur_max, new_min, new_max)
+            self.histogram.copy_(update + moved)
+            self.min_val.copy_(new_min)
+            self.max_val.copy_(new_max)
+        return x_orig
+
+    # ---- range search ------------------------------------------------------------------
+
+    def _l2_norm(
+        self, delta_begin: torch.Tensor, delta_end: torch.Tensor, density: torch.Tensor
+    ) -> torch.Tensor:
+        """``density * integral_{delta_begin}^{delta_end} t^2 dt``."""
+        cubes = delta_end * delta_end * delta_end - delta_begin * delta_begin * delta_begin
+        return density * (cubes / 3)
+
+    @torch.jit.export
+    def _compute_quantization_error(self, next_start_bin: int, next_end_bin: int) -> float:
+        """L2 error of quantizing the histogram to ``dst_nbins`` levels spread over source bins
+        ``[next_start_bin, next_end_bin]`` (bins outside are clamped to the end levels)."""
+        bin_width = (self.max_val.item() - self.min_val.item()) / self.bins
+        dst_width = bin_width * (next_end_bin - next_start_bin + 1) / self.dst_nbins
+        if dst_width == 0.0:
+            return 0.0
+        device = self.histogram.device
+        src = torch.arange(self.bins, device=device)
+        src_begin = (src - next_start_bin) * bin_width
+        src_end = src_begin + bin_width
+        last = self.dst_nbins - 1
+        dst_of_begin = torch.clamp(torch.div(src_begin, dst_width, rounding_mode="floor"), 0, last)
+        dst_of_end = torch.clamp(torch.div(src_end, dst_width, rounding_mode="floor"), 0, last)
+        density = self.histogram / bin_width
+        half = dst_width / 2
+        # piece 1: from the source bin's start to the end of its destination bin
+        first = self._l2_norm(
+            src_begin - (dst_of_begin + 0.5) * dst_width,
+            torch.ones(self.bins, device=device) * half,
+            density,
+        )
+        # pieces 2: destination bins wholly covered by the source bin
+        whole = (dst_of_end - dst_of_begin - 1) * self._l2_norm(
+            torch.tensor(-half), torch.tensor(half), density
+        )
+        # piece 3: from the start of the last destination bin to the source bin's end
+        end_centre = dst_of_end * dst_width + half
+        final = self._l2_norm(torch.tensor(-half), src_end - end_centre, density)
+        return (first + whole + final).sum().item()
+
+    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped range ``(new_min, new_max)`` minimising the L2 quantization error."""
+        if self.histogram.size(0) != self.bins:
+            raise ValueError("bins: the histogram buffer has a different number of bins")
+        bin_width = (self.max_val - self.min_val) / self.bins
+        total = torch.sum(self.histogram).item()
+        cumsum = torch.cumsum(self.histogram, dim=0)
+        step = 1e-5
+        alpha = 0.0  # fraction of the mass clipped below
+        beta = 1.0  # 1 - fraction clipped above
+        start_bin = 0
+        end_bin = self.bins - 1
+        norm_min = float("inf")
+        while alpha < beta:
+            next_alpha = alpha + step
+            next_beta = beta - step
+            left = start_bin
+            right = end_bin
+            while left < end_bin and bool(cumsum[left] < next_alpha * total):
+                left = left + 1
+            while right > start_bin and bool(cumsum[right] > next_beta * total):
+                right = right - 1
+            next_start = start_bin
+            next_end = end_bin
+            # clip the side that gives up fewer bins for the same mass
+            if (left - start_bin) > (end_bin - right):
+                next_start = left
+                alpha = next_alpha
+            else:
+                next_end = right
+                beta = next_beta
+            if next_start == start_bin and next_end == end_bin:
+                continue
+            norm = self._compute_quantization_error(next_start, next_end)
+            if norm > norm_min:
+                break
+            norm_min = norm
+            start_bin = next_start
+            end_bin = next_end
+        new_min = self.min_val + bin_width * start_bin
+        new_max = self.min_val + bin_width * (end_bin + 1)
+        return new_min, new_max
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool(self.min_val == float("inf")) and bool(self.max_val == float("-inf")):
+            device = self.min_val.device
+            return torch.ones([1], device=device), torch.zeros(
+                [1], dtype=torch.int64, device=device
+            )
+        new_min, new_max = self._non_linear_param_search()
+        return self._calculate_qparams(new_min, new_max)
+
+    @torch.jit.export
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}, bins={self.bins}"
+
+    @torch.jit.export
+    def reset_min_max_vals(self) -> None:
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+        self.histogram.zero_()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        version = local_metadata.get("version")
+        if version is None or version < 3:
+            # before version 3 an unobserved min/max was stored with shape [0]
+            for name, empty in (("min_val", float("inf")), ("max_val", float("-inf"))):
+                key = prefix + name
+                if key in state_dict and state_dict[key].shape == torch.Size([0]):
+                    state_dict[key] = torch.tensor(empty)
+        key = prefix + "histogram"
+        if key in state_dict and state_dict[key].shape != self.histogram.shape:
+            error_msgs.append(
+                f"bins: state_dict histogram has {state_dict[key].numel()} bins, this observer "
+                f"{self.bins}"
+            )
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
