@@ -21,6 +21,8 @@ import torch
 # so that an unrelated warning with the same category still surfaces.
 TORCH_DEPRECATION_PATTERNS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`torch\.jit\.\w+` is deprecated", DeprecationWarning),
+    # torch 2.14 raised the TorchScript deprecation from DeprecationWarning to FutureWarning.
+    (r"`torch\.jit\.\w+` is deprecated", FutureWarning),
     (r".*quantized tensor creation functions .* are deprecated", UserWarning),
     (r".*torch\.ao\.quantization.* (is|are) deprecated", DeprecationWarning),
     (r".*torch\.ao\.quantization.* (is|are) deprecated", UserWarning),
@@ -43,7 +45,7 @@ def expected_torch_deprecations() -> Iterator[None]:
 def torch_version() -> tuple[int, int, int]:
     """The running torch release as (major, minor, patch), ignoring local tags like ``+cpu``."""
     parts = re.findall(r"\d+", torch.__version__.split("+")[0])[:3]
-    return tuple(int(p) for p in (parts + ["0", "0"])[:3])  # type: ignore[return-value]
+    return tuple(int(p) for p in [*parts, "0", "0"][:3])  # type: ignore[return-value]
 
 
 def torch_release() -> str:
