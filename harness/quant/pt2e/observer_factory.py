@@ -72,7 +72,7 @@ def create_observer(spec: QuantizationSpecBase, is_qat: bool) -> torch.nn.Module
             kwargs["ch_axis"] = spec.ch_axis
         return spec.observer_or_fake_quant_ctr(**kwargs)
     if isinstance(spec, FixedQParamsQuantizationSpec):
-        from harness.quant import fake_quantize, observers
+        from harness.quant import observers
 
         kwargs = {
             "scale": spec.scale,
@@ -84,6 +84,8 @@ def create_observer(spec: QuantizationSpecBase, is_qat: bool) -> torch.nn.Module
             kwargs["quant_min"] = spec.quant_min
             kwargs["quant_max"] = spec.quant_max
         if is_qat:
+            from harness.quant import fake_quantize
+
             return fake_quantize.FixedQParamsFakeQuantize(
                 observer=observers.FixedQParamsObserver.with_args(**kwargs)
             )
