@@ -30,6 +30,8 @@ TORCH_DEPRECATION_PATTERNS: tuple[tuple[str, type[Warning]], ...] = (
     (r"Please use quant_min and quant_max to specify the range for observers", UserWarning),
     (r".*TypedStorage is deprecated", UserWarning),
     (r"The given NumPy array is not writable", UserWarning),
+    # copy.deepcopy of an exported GraphModule / ExportedProgram (its pytree specs) on torch 2.13.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
 )
 
 
