@@ -13,9 +13,7 @@ aten = torch.ops.aten
 
 def test_dynamic_then_static_quantizer_quantizes_linear_dynamically_and_conv_statically():
     # The dynamic quantizer goes first: the static one would otherwise claim the linear.
-    quantizer = ComposableQuantizer(
-        [symmetric(is_dynamic=True), symmetric(is_per_channel=True)]
-    )
+    quantizer = ComposableQuantizer([symmetric(is_dynamic=True), symmetric(is_per_channel=True)])
     m = quantize(ConvLinearWPermute().eval(), quantizer, (torch.randn(2, 3, 4, 4),))
     counts = op_counts(m)
     expected = {
