@@ -394,14 +394,16 @@ def _fake_quantize(
         zero_point = _channel_view(zero_point, a, x.dim())
     s = scale.to(torch.float32)
     z = zero_point.to(torch.float32)
+    xd = x.detach()
     if zero_point.is_floating_point():
-        unclamped = torch.round(x * (1.0 / s) + z)
+        unclamped = torch.round(xd * (1.0 / s) + z)
     else:
-        unclamped = torch.round(x * (1.0 / s)) + z
+        unclamped = torch.round(xd * (1.0 / s)) + z
     y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
     inside = (unclamped >= quant_min) & (unclamped <= quant_max)
-    # y carries the value, x the gradient (masked to the unclamped region).
-    return torch.where(inside, x + (y - x).detach(), y.detach())
+    # The value is exactly y; the gradient is 1 where x was not clamped and 0 elsewhere
+    # (x - x.detach() is 0 in value but carries d/dx = 1).
+    return y + torch.where(inside, x - xd, torch.zeros_like(y))
 
 
 # --------------------------------------------------------------------------------------------
