@@ -1,0 +1,97 @@
+"""QAT with conv-bn folding, node metadata hand-over, and quantizing a model twice."""
+
+import torch
+from pt2e_models import ConvBnReLU2dAndLinearReLU, ConvWithBNRelu, LinearModel, export, symmetric
+
+from harness.quant.pt2e import (
+    SymmetricQuantizer,
+    convert_pt2e,
+    get_symmetric_quantization_config,
+    move_exported_model_to_eval,
+    prepare_pt2e,
+    prepare_qat_pt2e,
+)
+from harness.quant.pt2e.graph_summary import contains_in_order, op_counts
+from harness.quant.pt2e.graph_utils import get_debug_handle, get_debug_handle_location
+
+qd = torch.ops.quantized_decomposed
+aten = torch.ops.aten
+Q, DQ = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
+DQ_CH = qd.dequantize_per_channel.default
+
+
+def test_qat_conv_bn_trains_then_folds_the_batch_norm_at_convert():
+    inputs = (torch.randn(4, 3, 6, 6),)
+    m = export(ConvWithBNRelu().train(), inputs)
+    m = prepare_qat_pt2e(m, symmetric(is_per_channel=True, is_qat=True))
+    # the batch norm still trains on batch statistics
+    assert op_counts(m)[aten.batch_norm.default] == 1
+    conv = next(n for n in m.graph.nodes if n.target == aten.conv2d.default)
+    weight_fq = m.get_submodule(conv.args[1].target)
+    assert hasattr(weight_fq, "activation_post_process")  # fake-quant, not a bare observer
+    optimizer = torch.optim.SGD(m.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        m(*inputs).sum().backward()
+        optimizer.step()
+    assert m.conv.weight.grad is not None and bool(m.conv.weight.grad.abs().sum() > 0)
+    move_exported_model_to_eval(m)
+    expected = m(*inputs)
+    m = convert_pt2e(m)
+    counts = op_counts(m)
+    assert counts[aten.batch_norm.default] == 0
+    assert (counts[Q], counts[DQ], counts[DQ_CH]) == (2, 2, 1)
+    assert contains_in_order(m, [DQ, DQ_CH, aten.conv2d.default, aten.relu.default, Q, DQ])
+    # Folding with running statistics reproduces the QAT model in eval mode up to int8
+    # rounding differences of the folded weight: a few output steps.
+    out_q = next(
+        n for n in m.graph.nodes if n.target == Q and n.args[0].target == aten.relu.default
+    )
+    assert (m(*inputs) - expected).abs().max() <= 3 * out_q.args[1]
+
+
+def test_quantizing_an_already_converted_submodule_again_keeps_both_rounds():
+    torch.manual_seed(0)
+    model = ConvBnReLU2dAndLinearReLU()
+    inputs = (torch.randn(3, 3, 10, 10),)
+    qat = symmetric(is_per_channel=True, is_qat=True)
+    model.conv_bn_relu = prepare_qat_pt2e(export(model.conv_bn_relu, inputs), qat)
+    model(*inputs)
+    model.conv_bn_relu = convert_pt2e(model.conv_bn_relu)
+
+    linear_only = SymmetricQuantizer().set_module_type(
+        torch.nn.Linear, get_symmetric_quantization_config(is_per_channel=False)
+    )
+    m = prepare_pt2e(export(model, inputs), linear_only)
+    m(*inputs)
+    m = convert_pt2e(m)
+    counts = op_counts(m)
+    # round 1: conv input + relu output (q and dq), conv weight (dq per channel);
+    # round 2: linear input + output (q and dq), linear weight (dq per tensor).
+    assert (counts[Q], counts[DQ], counts[DQ_CH]) == (4, 5, 1)
+    assert contains_in_order(
+        m,
+        [DQ, aten.conv2d.default, aten.relu.default, Q, DQ, aten.linear.default, Q],
+    )
+
+
+def _tag(node, handle):
+    custom_key, handle_key = get_debug_handle_location()
+    node.meta.setdefault(custom_key, {})[handle_key] = handle
+
+
+def test_observer_and_dequantize_nodes_inherit_the_numeric_debug_handle():
+    inputs = (torch.randn(2, 2),)
+    m = export(LinearModel().eval(), inputs)
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    _tag(linear, 7)
+    m = prepare_pt2e(m, symmetric())
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    observer = next(iter(linear.users))
+    assert observer.op == "call_module" and get_debug_handle(observer) == 7
+    m(*inputs)
+    m = convert_pt2e(m)
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    q = next(iter(linear.users))
+    dq = next(iter(q.users))
+    assert dq.target == DQ and get_debug_handle(dq) == 7
