@@ -37,8 +37,12 @@ carries a handle is the one whose value represents the handle.
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -196,3 +200,472 @@ def _snapshot(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_snapshot(v) for v in x]
     return x
+
+
+# --------------------------------------------------------------------------------------------
+# Loggers
+# --------------------------------------------------------------------------------------------
+
+
+def op_name(node: Node) -> str:
+    """A short, stable name of what ``node`` computes: ``aten.conv1d``, ``higher_order.cond``,
+    ``Tensor.view`` (call_method), or the class name of a called submodule."""
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target.overloadpacket)
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"higher_order.{target.name()}"
+    if node.op == "call_method":
+        return f"Tensor.{target}"
+    if node.op == "call_module":
+        owner = node.graph.owning_module
+        sub = owner.get_submodule(str(target)) if owner is not None else None
+        return type(sub).__name__ if sub is not None else str(target)
+    return getattr(target, "__qualname__", str(target))
+
+
+def _no_handles_error(what: str) -> ValueError:
+    return ValueError(
+        f"{what} has no numeric debug handles (node.meta[{CUSTOM_KEY!r}]"
+        f"[{NUMERIC_DEBUG_HANDLE_KEY!r}]): call generate_numeric_debug_handle(ep) on the "
+        "exported program right after torch.export.export, before ep.module() / prepare_pt2e"
+    )
+
+
+def _source_op_names(gm: GraphModule) -> dict[int, str]:
+    """handle -> op name of the *first* node carrying it (the original op, not a later dequantize)."""
+    names: dict[int, str] = {}
+    for node in gm.graph.nodes:
+        h = get_numeric_debug_handle(node)
+        if h is not None and is_handled_node(node) and h not in names:
+            names[h] = op_name(node)
+    return names
+
+
+def _attr_name(gm: GraphModule, base: str) -> str:
+    i = 0
+    while hasattr(gm, f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"
+
+
+def prepare_for_propagation_comparison(model: GraphModule | ExportedProgram) -> GraphModule:
+    """A copy of ``model`` with an :class:`OutputLogger` after every handled node of the top-level
+    graph that carries a debug handle; the copy computes exactly what ``model`` computes.
+
+    Nodes inside control-flow branches keep their handles but get no logger (a branch's values
+    are not observable from outside the branch that ran). Raises ``ValueError`` when no node has
+    a handle: a comparison over such a graph would silently be empty.
+    """
+    from harness.compat import expected_torch_deprecations
+
+    gm = model.module() if isinstance(model, ExportedProgram) else _graph_module(model)
+    with expected_torch_deprecations():  # deepcopy of export's pytree specs warns on torch 2.13
+        gm = copy.deepcopy(gm)
+    targets = [n for n in gm.graph.nodes if is_handled_node(n) and get_numeric_debug_handle(n)]
+    if not targets:
+        raise _no_handles_error(
+            f"{type(model).__name__} passed to prepare_for_propagation_comparison"
+        )
+    source_ops = _source_op_names(gm)
+    for node in targets:
+        handle = get_numeric_debug_handle(node)
+        assert handle is not None
+        name = _attr_name(gm, f"{node.name}_logger")
+        gm.add_submodule(
+            name,
+            OutputLogger(handle, node.name, source_ops[handle], node.meta.get("nn_module_stack")),
+        )
+        with gm.graph.inserting_after(node):
+            logger_node = gm.graph.call_module(name, (node,))
+        # The logger's output replaces the node's everywhere except in the logger itself.
+        node.replace_all_uses_with(
+            logger_node, delete_user_cb=lambda u, ln=logger_node: u is not ln
+        )
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+@dataclass(frozen=True)
+class NodeOutputs:
+    """What the loggers recorded for one handle: one entry per forward call, each a tensor or a
+    list of tensors. ``node_name`` is the node whose value was recorded (after convert, the
+    dequantize that took over the handle), ``op_name`` the op that first carried the handle."""
+
+    handle: int
+    node_name: str
+    op_name: str
+    module_stack: object | None
+    outputs: list[Any]
+
+
+def extract_results_from_loggers(model: GraphModule) -> dict[int, NodeOutputs]:
+    """``handle -> NodeOutputs`` from a model made by :func:`prepare_for_propagation_comparison`
+    and run at least once, in the graph's topological order.
+
+    When several nodes carry one handle (an op and its output observer or dequantize), the last
+    one in topological order represents the handle: its value is what the rest of the graph sees.
+    """
+    loggers: list[OutputLogger] = []
+    for node in _graph_module(model).graph.nodes:
+        if node.op == "call_module":
+            sub = model.get_submodule(str(node.target))
+            if isinstance(sub, OutputLogger):
+                loggers.append(sub)
+    if not loggers:
+        raise ValueError(
+            "model has no OutputLogger: pass the model returned by "
+            "prepare_for_propagation_comparison (and run it on inputs first)"
+        )
+    results: dict[int, NodeOutputs] = {}
+    for lg in loggers:
+        if lg.stats:
+            results[lg.debug_handle] = NodeOutputs(
+                lg.debug_handle, lg.node_name, lg.op_name, lg.nn_module_stack, list(lg.stats)
+            )
+    if not results:
+        raise ValueError("the loggers recorded nothing: run the logged model on inputs first")
+    first_seen = {lg.debug_handle: i for i, lg in reversed(list(enumerate(loggers)))}
+    return dict(sorted(results.items(), key=lambda kv: first_seen[kv[0]]))
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float64(x: Any, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: expected a tensor, got {type(x).__qualname__}")
+    return x.detach().to(torch.float64).reshape(-1)
+
+
+def sqnr(ref: torch.Tensor, actual: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB, the reference being the signal:
+
+        SQNR = 20 * log10(||ref||_2 / ||ref - actual||_2)
+
+    +inf when the tensors are equal, -inf when ``ref`` is all zeros and ``actual`` is not.
+    Each +6.02 dB is one more bit of agreement; int8 per-tensor quantization of a well-scaled
+    tensor gives roughly 40 dB.
+    """
+    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
+    noise = torch.linalg.vector_norm(r - a).item()
+    signal = torch.linalg.vector_norm(r).item()
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 20.0 * math.log10(signal / noise)
+
+
+def l2_error(ref: torch.Tensor, actual: torch.Tensor) -> float:
+    """Relative L2 error ``||ref - actual||_2 / ||ref||_2`` (0 when equal; +inf when ``ref`` is all
+    zeros and ``actual`` is not). Related to SQNR by ``SQNR = -20 * log10(l2_error)``."""
+    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
+    noise = torch.linalg.vector_norm(r - a).item()
+    signal = torch.linalg.vector_norm(r).item()
+    if noise == 0.0:
+        return 0.0
+    return math.inf if signal == 0.0 else noise / signal
+
+
+def cosine_similarity(ref: torch.Tensor, actual: torch.Tensor) -> float:
+    """``<ref, actual> / (||ref||_2 * ||actual||_2)`` over the flattened tensors; 1.0 when both
+    are all zeros, 0.0 when exactly one is."""
+    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
+    nr, na = torch.linalg.vector_norm(r).item(), torch.linalg.vector_norm(a).item()
+    if nr == 0.0 and na == 0.0:
+        return 1.0
+    if nr == 0.0 or na == 0.0:
+        return 0.0
+    return float(torch.dot(r, a).item() / (nr * na))
+
+
+def _check_same_structure(ref: Any, actual: Any, where: str) -> None:
+    if isinstance(ref, torch.Tensor) and isinstance(actual, torch.Tensor):
+        if ref.shape != actual.shape:
+            raise ValueError(
+                f"{where}: shapes differ, ref {tuple(ref.shape)} vs actual {tuple(actual.shape)}"
+            )
+        return
+    if isinstance(ref, (list, tuple)) and isinstance(actual, (list, tuple)):
+        if len(ref) != len(actual):
+            raise ValueError(f"{where}: {len(ref)} ref outputs vs {len(actual)} actual outputs")
+        for i, (r, a) in enumerate(zip(ref, actual, strict=True)):
+            _check_same_structure(r, a, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where}: cannot compare {type(ref).__qualname__} with {type(actual).__qualname__}"
+    )
+
+
+def _apply(fn: Callable[[torch.Tensor, torch.Tensor], float], ref: Any, actual: Any) -> Any:
+    if isinstance(ref, torch.Tensor):
+        return fn(ref, actual)
+    return [_apply(fn, r, a) for r, a in zip(ref, actual, strict=True) if _is_tensor_tree(r)]
+
+
+def _is_tensor_tree(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    return isinstance(x, (list, tuple)) and all(_is_tensor_tree(v) for v in x)
+
+
+@dataclass(frozen=True)
+class QuantizationComparisonResult:
+    """One recorded output of one handle, reference vs actual. For a list/tuple output each
+    metric is a list with one value per element (non-tensor elements are skipped)."""
+
+    ref: Any
+    actual: Any
+
+    @property
+    def sqnr(self) -> Any:
+        return _apply(sqnr, self.ref, self.actual)
+
+    @property
+    def l2_error(self) -> Any:
+        return _apply(l2_error, self.ref, self.actual)
+
+    @property
+    def cosine_similarity(self) -> Any:
+        return _apply(cosine_similarity, self.ref, self.actual)
+
+    @property
+    def min_sqnr(self) -> float:
+        """The worst SQNR over the elements (the SQNR itself for a tensor output)."""
+        return min(_flatten(self.sqnr), default=math.inf)
+
+
+def _flatten(x: Any) -> list[float]:
+    if isinstance(x, list):
+        return [v for item in x for v in _flatten(item)]
+    return [x]
+
+
+@dataclass(frozen=True)
+class NodeAccuracySummary:
+    """Comparison of one handle: one :class:`QuantizationComparisonResult` per forward call."""
+
+    handle: int
+    op_name: str
+    ref_node_name: str
+    actual_node_name: str
+    ref_module_stack: object | None
+    actual_module_stack: object | None
+    results: list[QuantizationComparisonResult]
+
+
+def compare_results(
+    ref_results: dict[int, NodeOutputs], actual_results: dict[int, NodeOutputs]
+) -> dict[int, NodeAccuracySummary]:
+    """Per handle present in both, SQNR / L2 error / cosine similarity of actual against ref.
+
+    Handles present on one side only (nodes the other graph does not have) are left out; an
+    empty side, or two sides with no handle in common, is an error rather than an empty result.
+    """
+    if not ref_results:
+        raise _no_handles_error("ref_results")
+    if not actual_results:
+        raise _no_handles_error("actual_results")
+    common = [h for h in ref_results if h in actual_results]
+    if not common:
+        raise ValueError(
+            f"ref and actual results share no debug handle (ref {sorted(ref_results)}, actual "
+            f"{sorted(actual_results)}): generate the handles once on the exported float model, "
+            "then derive both models from it"
+        )
+    out: dict[int, NodeAccuracySummary] = {}
+    for h in common:
+        ref, act = ref_results[h], actual_results[h]
+        if len(ref.outputs) != len(act.outputs):
+            raise ValueError(
+                f"handle {h} ({ref.op_name}): ref recorded {len(ref.outputs)} calls, actual "
+                f"{len(act.outputs)}; run both models on the same inputs"
+            )
+        for i, (r, a) in enumerate(zip(ref.outputs, act.outputs, strict=True)):
+            _check_same_structure(r, a, f"handle {h} ({ref.op_name}), call {i}")
+        out[h] = NodeAccuracySummary(
+            handle=h,
+            op_name=ref.op_name,
+            ref_node_name=ref.node_name,
+            actual_node_name=act.node_name,
+            ref_module_stack=ref.module_stack,
+            actual_module_stack=act.module_stack,
+            results=[
+                QuantizationComparisonResult(ref=r, actual=a)
+                for r, a in zip(ref.outputs, act.outputs, strict=True)
+            ],
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Golden intermediates and "first divergent op"
+# --------------------------------------------------------------------------------------------
+
+#: Below this SQNR (dB) an intermediate counts as divergent when today's run is compared with a
+#: golden's. Reproducing the same quantized computation is normally exact (+inf dB); one int8
+#: rounding flip in a tiny tensor of n elements of typical magnitude ~30 steps costs about
+#: 20*log10(30*sqrt(n)) >= 30 dB + 10*log10(n) dB, i.e. ~44 dB for n = 27, so 40 dB separates
+#: rounding noise from a real change (a wrong weight, scale or op) on the harness's tiny cases.
+DEFAULT_DIVERGENCE_SQNR_DB = 40.0
+
+# Key of the JSON entry that describes the intermediates in a safetensors metadata dict.
+_FLAT_METADATA_KEY = "qbc.numeric_debug.intermediates"
+
+
+@dataclass
+class Intermediates:
+    """Per-handle intermediate outputs of one model run, in topological order.
+
+    ``outputs[h]`` is a tensor, or a list of tensors for an op with several outputs;
+    ``ops[h]`` the op that carries handle ``h`` (e.g. ``aten.conv1d``).
+    """
+
+    outputs: dict[int, Any]
+    ops: dict[int, str]
+
+    @property
+    def order(self) -> list[int]:
+        return list(self.outputs)
+
+    def to_flat(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """``(tensors, metadata)`` for ``safetensors.torch.save_file(tensors, path, metadata)``.
+
+        Tensor keys are ``"<handle>"``, or ``"<handle>.<i>"`` for the i-th element of a list
+        output; the metadata holds the topological order, the op names and each list's length.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        lengths: dict[str, int] = {}
+        for h, value in self.outputs.items():
+            if isinstance(value, torch.Tensor):
+                tensors[str(h)] = value.detach().contiguous().clone()
+            else:
+                lengths[str(h)] = len(value)
+                for i, v in enumerate(value):
+                    tensors[f"{h}.{i}"] = v.detach().contiguous().clone()
+        meta = {
+            "order": self.order,
+            "ops": {str(h): name for h, name in self.ops.items()},
+            "list_lengths": lengths,
+        }
+        return tensors, {_FLAT_METADATA_KEY: json.dumps(meta, sort_keys=True)}
+
+    @classmethod
+    def from_flat(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Intermediates:
+        """Inverse of :meth:`to_flat`."""
+        if _FLAT_METADATA_KEY not in metadata:
+            raise ValueError(
+                f"metadata has no {_FLAT_METADATA_KEY!r} entry: not written by Intermediates.to_flat"
+            )
+        meta = json.loads(metadata[_FLAT_METADATA_KEY])
+        lengths = meta["list_lengths"]
+        outputs: dict[int, Any] = {}
+        for h in meta["order"]:
+            key = str(h)
+            if key in lengths:
+                outputs[h] = [tensors[f"{h}.{i}"] for i in range(lengths[key])]
+            else:
+                outputs[h] = tensors[key]
+        return cls(outputs=outputs, ops={int(h): name for h, name in meta["ops"].items()})
+
+
+def _tensors_only(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value
+    return [v for v in value if isinstance(v, torch.Tensor)]
+
+
+def compute_intermediates(
+    model: GraphModule | ExportedProgram, example_inputs: tuple[Any, ...]
+) -> Intermediates:
+    """Run ``model`` once on ``example_inputs`` and return every handle's output.
+
+    ``model`` must carry debug handles (from :func:`generate_numeric_debug_handle`, run on the
+    exported float program before quantization, so that the float graph and the quantized graph
+    derived from it share handles). ``model`` itself is not modified.
+    """
+    logged = prepare_for_propagation_comparison(model)
+    with torch.no_grad():
+        logged(*example_inputs)
+    results = extract_results_from_loggers(logged)
+    return Intermediates(
+        outputs={h: _tensors_only(r.outputs[-1]) for h, r in results.items()},
+        ops={h: r.op_name for h, r in results.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first handle whose intermediate differs from the golden's beyond the threshold."""
+
+    handle: int
+    op_name: str
+    sqnr_db: float
+    detail: str = ""
+
+    def __str__(self) -> str:
+        text = (
+            f"first divergent op: {self.op_name}, handle {self.handle}, SQNR {self.sqnr_db:.1f} dB"
+        )
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+def _worst_sqnr(golden: Any, today: Any) -> tuple[float, str]:
+    """(min SQNR over elements, why it is -inf if the values cannot even be compared)."""
+    try:
+        _check_same_structure(golden, today, "output")
+    except (TypeError, ValueError) as e:
+        return -math.inf, str(e)
+    return min(_flatten(_apply(sqnr, golden, today)), default=math.inf), ""
+
+
+def find_first_divergence(
+    golden_outputs: Mapping[int, Any],
+    today_outputs: Mapping[int, Any],
+    op_names: Mapping[int, str] | None = None,
+    sqnr_threshold_db: float = DEFAULT_DIVERGENCE_SQNR_DB,
+    order: Sequence[int] | None = None,
+) -> Divergence | None:
+    """The first handle, in topological order, whose SQNR of today's output against the golden's
+    (the golden is the signal) is below ``sqnr_threshold_db``; None if every handle agrees.
+
+    ``order`` defaults to ascending handles, which is the topological order of the float graph
+    the handles were generated on. A handle the golden has but today's run lacks is divergent
+    (SQNR -inf, "missing today"), as is one whose shapes differ. Handles only today has are new
+    nodes with nothing to compare against and are skipped. For a list output the worst element
+    counts.
+    """
+    if not golden_outputs:
+        raise _no_handles_error("the golden's intermediates")
+    if not today_outputs:
+        raise _no_handles_error("today's intermediates")
+    names = dict(op_names or {})
+    for h in order if order is not None else sorted(golden_outputs):
+        if h not in golden_outputs:
+            continue
+        name = names.get(h, "?")
+        if h not in today_outputs:
+            return Divergence(h, name, -math.inf, "missing from today's graph")
+        value, detail = _worst_sqnr(golden_outputs[h], today_outputs[h])
+        if value < sqnr_threshold_db:
+            return Divergence(h, name, value, detail)
+    return None
+
+
+def first_divergent_op(
+    golden: Intermediates,
+    today: Intermediates,
+    sqnr_threshold_db: float = DEFAULT_DIVERGENCE_SQNR_DB,
+) -> Divergence | None:
+    """:func:`find_first_divergence` over two :class:`Intermediates`, in the golden's order."""
+    return find_first_divergence(
+        golden.outputs,
+        today.outputs,
+        op_names={**today.ops, **golden.ops},
+        sqnr_threshold_db=sqnr_threshold_db,
+        order=golden.order,
+    )
