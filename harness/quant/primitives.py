@@ -356,7 +356,11 @@ def _quantize(
         a = axis % x.dim()
         scale = _channel_view(scale, a, x.dim())
         zero_point = _channel_view(zero_point, a, x.dim())
-    inv_scale = 1.0 / scale.to(torch.float32)
+        inv_scale = 1.0 / scale.to(torch.float32)
+    else:
+        # per tensor, quantized_decomposed takes 1/s in double precision, then rounds it to
+        # float32 for the multiply; doing the same keeps exported graphs and eager bit-identical
+        inv_scale = (1.0 / scale.to(torch.float64)).to(torch.float32)
     if zero_point.is_floating_point():
         # float qparams: the zero point takes part in the rounding, round(x / s + z)
         q = torch.round(x * inv_scale + zero_point.to(torch.float32))
@@ -387,7 +391,12 @@ def _fake_quantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """Straight-through fake-quant: forward is dequantize(quantize(x)); the gradient passes
-    through where ``x`` is inside the representable range and is zero where it is clamped."""
+    through where ``x`` is inside the representable range and is zero where it is clamped.
+
+    ``1/s`` is computed in float32 here, as torch's fake-quant kernels do (torch's
+    ``fake_quantize_per_tensor_affine`` and the decomposed per-tensor quantize differ in this
+    last bit; we follow each).
+    """
     if axis is not None:
         a = axis % x.dim()
         scale = _channel_view(scale, a, x.dim())
@@ -431,9 +440,11 @@ def quantize(
         return quantize_float8(x, scale, dtype)
     qmin, qmax = quant_range(dtype, quant_min, quant_max)
     check_qparams(scale, zero_point, qmin, qmax, axis, x)
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(scale, dtype=torch.float64)  # a Python float is a double
     return _quantize(
         x,
-        torch.as_tensor(scale),
+        scale,
         torch.as_tensor(zero_point),
         qmin,
         qmax,
