@@ -91,3 +91,28 @@ class FeatureUnavailable(RuntimeError):
             msg += f": {detail}"
         super().__init__(msg)
         self.feature = feature
+
+
+# torch 2.6's ExportedProgram.module() warns twice while it unlifts a plain tensor attribute
+# (neither parameter nor buffer): harmless, and gone by torch 2.13.
+_UNLIFT_NOISE = (
+    r"Attempted to insert a get_attr Node with no underlying reference in the owning GraphModule",
+    r"Node \S+ target \S+ \S+ of \S* does not reference an nn\.Module, nn\.Parameter, or buffer",
+)
+
+
+def export_module(
+    model: torch.nn.Module, example_inputs: tuple, **kwargs: object
+) -> torch.fx.GraphModule:
+    """``torch.export.export(model, example_inputs, strict=False).module()`` on every release.
+
+    ``strict`` is pinned because its default changed: torch 2.6 traces with TorchDynamo
+    (``strict=True``, nodes also carry ``example_value``/``source_fn_stack`` meta), torch 2.13
+    and 2.14 without (``strict=False``). Pinning it gives the same graph on every release.
+    """
+    kwargs.setdefault("strict", False)
+    program = torch.export.export(model, example_inputs, **kwargs)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        for pattern in _UNLIFT_NOISE:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        return program.module()  # type: ignore[return-value]
