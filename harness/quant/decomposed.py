@@ -72,9 +72,7 @@ def _dequantize_per_channel(
 
 def _choose(input, quant_min, quant_max, eps, dtype, qscheme):
     lo, hi = torch.aminmax(input.detach())
-    return P.choose_qparams(
-        lo, hi, dtype, qscheme, quant_min, quant_max, eps=eps
-    )
+    return P.choose_qparams(lo, hi, dtype, qscheme, quant_min, quant_max, eps=eps)
 
 
 def _define_ours() -> torch.library.Library:
