@@ -1,0 +1,427 @@
+"""Numeric debugger: output loggers, per-handle comparison, golden intermediates, first divergence."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from harness.compat import expected_torch_deprecations
+from harness.quant.pt2e import (
+    SymmetricQuantizer,
+    convert_pt2e,
+    get_symmetric_quantization_config,
+    prepare_pt2e,
+)
+from harness.quant.pt2e.graph_utils import fetch_attr
+from harness.quant.pt2e.numeric_debugger import (
+    Divergence,
+    Intermediates,
+    NodeOutputs,
+    OutputLogger,
+    compare_results,
+    compute_intermediates,
+    cosine_similarity,
+    extract_results_from_loggers,
+    find_first_divergence,
+    first_divergent_op,
+    generate_numeric_debug_handle,
+    get_numeric_debug_handle,
+    l2_error,
+    prepare_for_propagation_comparison,
+    sqnr,
+)
+
+
+class Conv2dThenConv1d(torch.nn.Module):
+    """conv2d -> squeeze -> conv1d (handles 1, 2, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d = torch.nn.Conv2d(3, 3, 3)
+        self.conv1d = torch.nn.Conv1d(3, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1d(self.conv2d(x).squeeze(0))
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor, ...]:
+        return (torch.randn(1, 3, 5, 5),)
+
+
+class Conv2dWithSplit(torch.nn.Module):
+    """conv2d -> split (a two-tensor output) -> add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(self.conv(x), 3, dim=1)
+        return a + b
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor, ...]:
+        return (torch.randn(1, 3, 5, 5),)
+
+
+def _float_module(model_cls: type) -> torch.fx.GraphModule:
+    """Export, give every op a handle, unlift: the float graph both sides derive from."""
+    model = model_cls()
+    ep = torch.export.export(model, model.example_inputs())
+    generate_numeric_debug_handle(ep)
+    return ep.module()
+
+
+def _quantize(gm: torch.fx.GraphModule, example_inputs: tuple) -> torch.fx.GraphModule:
+    quantizer = SymmetricQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=False)
+    )
+    gm = prepare_pt2e(gm, quantizer)
+    gm(*example_inputs)
+    return convert_pt2e(gm)
+
+
+def _loggers(model: torch.nn.Module) -> list[OutputLogger]:
+    return [m for m in model.modules() if isinstance(m, OutputLogger)]
+
+
+def _outputs(handle: int, *values: object, name: str = "n") -> NodeOutputs:
+    return NodeOutputs(handle, name, "aten.op", None, list(values))
+
+
+@pytest.fixture(scope="module")
+def float_and_quantized() -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, tuple]:
+    """Conv2dThenConv1d as a float graph with handles and its per-tensor int8 quantization.
+
+    Module-scoped because export + prepare + convert dominate the runtime; tests never modify
+    these (every helper under test works on a copy).
+    """
+    torch.manual_seed(0)
+    example_inputs = Conv2dThenConv1d.example_inputs()
+    float_gm = _float_module(Conv2dThenConv1d)
+    quant_gm = _quantize(_deepcopy(float_gm), example_inputs)
+    return float_gm, quant_gm, example_inputs
+
+
+def _deepcopy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    with expected_torch_deprecations():
+        return copy.deepcopy(gm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loggers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_one_logger_per_handled_op_and_outputs_unchanged(float_and_quantized) -> None:
+    float_gm, _, example_inputs = float_and_quantized
+    logged = prepare_for_propagation_comparison(float_gm)
+    loggers = _loggers(logged)
+    # conv2d, squeeze, conv1d
+    assert sorted(lg.node_name for lg in loggers) == ["conv1d", "conv2d", "squeeze"]
+    assert torch.equal(logged(*example_inputs), float_gm(*example_inputs))
+
+
+def test_prepare_for_propagation_comparison_leaves_the_model_alone(float_and_quantized) -> None:
+    float_gm, _, _ = float_and_quantized
+    before = [n.name for n in float_gm.graph.nodes]
+    prepare_for_propagation_comparison(float_gm)
+    assert [n.name for n in float_gm.graph.nodes] == before
+    assert not _loggers(float_gm)
+
+
+def test_prepare_for_propagation_comparison_accepts_an_exported_program() -> None:
+    model = Conv2dThenConv1d()
+    ep = torch.export.export(model, model.example_inputs())
+    generate_numeric_debug_handle(ep)
+    assert len(_loggers(prepare_for_propagation_comparison(ep))) == 3
+
+
+def test_graph_without_handles_is_refused_with_a_clear_error() -> None:
+    model = Conv2dThenConv1d()
+    gm = torch.export.export(model, model.example_inputs()).module()
+    with pytest.raises(
+        ValueError, match=r"no numeric debug handles.*generate_numeric_debug_handle"
+    ):
+        prepare_for_propagation_comparison(gm)
+
+
+def test_logger_records_one_detached_copy_per_call(float_and_quantized) -> None:
+    float_gm, _, (x,) = float_and_quantized
+    logged = prepare_for_propagation_comparison(float_gm)
+    logged(x)
+    logged(2 * x)
+    (conv2d_logger,) = (lg for lg in _loggers(logged) if lg.node_name == "conv2d")
+    assert len(conv2d_logger.stats) == 2
+    first, second = conv2d_logger.stats
+    assert not first.requires_grad
+    # conv2d(2x) = 2 conv2d(x) - bias, so the two records differ: each call was kept apart.
+    assert not torch.equal(first, second)
+
+
+def test_logger_records_list_outputs_as_lists() -> None:
+    gm = _float_module(Conv2dWithSplit)
+    logged = prepare_for_propagation_comparison(gm)
+    logged(*Conv2dWithSplit.example_inputs())
+    results = extract_results_from_loggers(logged)
+    split = next(r for r in results.values() if r.op_name == "aten.split")
+    (record,) = split.outputs
+    assert isinstance(record, list)
+    assert [t.shape[1] for t in record] == [3, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------
+
+
+def test_extract_results_are_keyed_by_handle_in_graph_order(float_and_quantized) -> None:
+    float_gm, _, example_inputs = float_and_quantized
+    logged = prepare_for_propagation_comparison(float_gm)
+    logged(*example_inputs)
+    results = extract_results_from_loggers(logged)
+    handles = {n.name: get_numeric_debug_handle(n) for n in float_gm.graph.nodes}
+    assert list(results) == [handles["conv2d"], handles["squeeze"], handles["conv1d"]]
+    assert [r.op_name for r in results.values()] == ["aten.conv2d", "aten.squeeze", "aten.conv1d"]
+
+
+def test_after_convert_the_dequantize_node_represents_the_handle(float_and_quantized) -> None:
+    _, quant_gm, example_inputs = float_and_quantized
+    logged = prepare_for_propagation_comparison(quant_gm)
+    logged(*example_inputs)
+    results = extract_results_from_loggers(logged)
+    # The recorded value is the dequantized output (what the next op reads), and the op name is
+    # still the float op's.
+    assert all(r.node_name.startswith("dequantize_per_tensor") for r in results.values())
+    assert [r.op_name for r in results.values()] == ["aten.conv2d", "aten.squeeze", "aten.conv1d"]
+
+
+def test_extract_from_a_model_without_loggers_is_an_error(float_and_quantized) -> None:
+    float_gm, _, _ = float_and_quantized
+    with pytest.raises(ValueError, match="no OutputLogger"):
+        extract_results_from_loggers(float_gm)
+
+
+def test_extract_before_running_the_model_is_an_error(float_and_quantized) -> None:
+    float_gm, _, _ = float_and_quantized
+    with pytest.raises(ValueError, match="recorded nothing"):
+        extract_results_from_loggers(prepare_for_propagation_comparison(float_gm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sqnr_l2_and_cosine_follow_their_definitions() -> None:
+    ref = torch.tensor([30.0, 40.0])  # ||ref|| = 50
+    actual = torch.tensor([30.0, 40.5])  # ||ref - actual|| = 0.5 (all exact in float32)
+    assert sqnr(ref, actual) == pytest.approx(20 * math.log10(50 / 0.5))  # 40 dB
+    assert l2_error(ref, actual) == pytest.approx(0.5 / 50)
+    expected_cos = (900 + 40 * 40.5) / (50 * math.hypot(30, 40.5))
+    assert cosine_similarity(ref, actual) == pytest.approx(expected_cos)
+
+
+def test_metrics_of_identical_tensors() -> None:
+    x = torch.tensor([1.0, -2.0])
+    assert sqnr(x, x) == math.inf
+    assert l2_error(x, x) == 0.0
+    assert cosine_similarity(x, x) == pytest.approx(1.0)
+
+
+def test_metrics_against_an_all_zero_reference() -> None:
+    zero, x = torch.zeros(2), torch.tensor([1.0, 0.0])
+    assert sqnr(zero, x) == -math.inf
+    assert l2_error(zero, x) == math.inf
+    assert cosine_similarity(zero, x) == 0.0
+    assert cosine_similarity(zero, zero) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# compare_results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_comparing_a_model_with_itself_is_lossless(float_and_quantized) -> None:
+    float_gm, _, example_inputs = float_and_quantized
+    a, b = (prepare_for_propagation_comparison(float_gm) for _ in range(2))
+    a(*example_inputs)
+    b(*example_inputs)
+    summary = compare_results(extract_results_from_loggers(a), extract_results_from_loggers(b))
+    assert len(summary) == 3
+    for node in summary.values():
+        (result,) = node.results
+        assert result.sqnr == math.inf
+        assert result.l2_error == 0.0
+        assert result.cosine_similarity == pytest.approx(1.0)
+
+
+def test_per_tensor_int8_conv2d_conv1d_keeps_35db_sqnr_at_every_op(float_and_quantized) -> None:
+    # 8-bit per-tensor symmetric quantization leaves ~6 dB/bit * 8 bits minus the crest factor of
+    # these small activations: > 35 dB for each of conv2d, squeeze and conv1d.
+    float_gm, quant_gm, example_inputs = float_and_quantized
+    ref, actual = (prepare_for_propagation_comparison(m) for m in (float_gm, quant_gm))
+    ref(*example_inputs)
+    actual(*example_inputs)
+    summary = compare_results(
+        extract_results_from_loggers(ref), extract_results_from_loggers(actual)
+    )
+    assert len(summary) == 3
+    for node in summary.values():
+        assert node.results[0].sqnr >= 35, (node.op_name, node.results[0].sqnr)
+        assert node.results[0].sqnr < math.inf  # quantization did change the values
+
+
+def test_list_outputs_are_compared_element_by_element() -> None:
+    torch.manual_seed(0)
+    example_inputs = Conv2dWithSplit.example_inputs()
+    float_gm = _float_module(Conv2dWithSplit)
+    ref = prepare_for_propagation_comparison(float_gm)
+    actual = prepare_for_propagation_comparison(_quantize(_deepcopy(float_gm), example_inputs))
+    ref(*example_inputs)
+    actual(*example_inputs)
+    summary = compare_results(
+        extract_results_from_loggers(ref), extract_results_from_loggers(actual)
+    )
+    split = next(s for s in summary.values() if s.op_name == "aten.split")
+    sqnrs = split.results[0].sqnr
+    assert isinstance(sqnrs, list) and len(sqnrs) == 2
+    assert all(35 <= v < math.inf for v in sqnrs), sqnrs
+    assert isinstance(split.results[0].cosine_similarity, list)
+    assert split.results[0].min_sqnr == min(sqnrs)
+
+
+def test_compare_with_no_results_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no numeric debug handles"):
+        compare_results({}, {1: _outputs(1, torch.ones(2))})
+    with pytest.raises(ValueError, match="no numeric debug handles"):
+        compare_results({1: _outputs(1, torch.ones(2))}, {})
+
+
+def test_compare_with_no_common_handle_is_an_error() -> None:
+    with pytest.raises(ValueError, match="share no debug handle"):
+        compare_results({1: _outputs(1, torch.ones(2))}, {2: _outputs(2, torch.ones(2))})
+
+
+def test_compare_skips_handles_present_on_one_side_only() -> None:
+    ref = {1: _outputs(1, torch.ones(2)), 2: _outputs(2, torch.ones(2))}
+    actual = {1: _outputs(1, torch.ones(2)), 3: _outputs(3, torch.ones(2))}
+    assert list(compare_results(ref, actual)) == [1]
+
+
+def test_compare_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match=r"handle 1 .*shapes differ"):
+        compare_results({1: _outputs(1, torch.ones(2))}, {1: _outputs(1, torch.ones(3))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden intermediates and the first divergent op
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compute_intermediates_gives_every_handle_in_topological_order(float_and_quantized) -> None:
+    float_gm, _, example_inputs = float_and_quantized
+    inter = compute_intermediates(float_gm, example_inputs)
+    assert inter.order == sorted(inter.order)  # fresh handles are assigned in graph order
+    assert list(inter.ops.values()) == ["aten.conv2d", "aten.squeeze", "aten.conv1d"]
+    assert torch.equal(inter.outputs[inter.order[-1]], float_gm(*example_inputs))
+
+
+def test_intermediates_round_trip_through_safetensors(tmp_path) -> None:
+    from safetensors.torch import load_file, safe_open, save_file
+
+    gm = _float_module(Conv2dWithSplit)
+    inter = compute_intermediates(gm, Conv2dWithSplit.example_inputs())
+    tensors, metadata = inter.to_flat()
+    path = tmp_path / "intermediates.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    with safe_open(str(path), framework="pt") as f:
+        loaded_meta = f.metadata()
+    back = Intermediates.from_flat(load_file(str(path)), loaded_meta)
+    assert back.order == inter.order
+    assert back.ops == inter.ops
+    # an infinite threshold only passes bit-identical values
+    assert first_divergent_op(inter, back, sqnr_threshold_db=math.inf) is None
+
+
+def test_same_model_has_no_divergent_op(float_and_quantized) -> None:
+    _, quant_gm, example_inputs = float_and_quantized
+    golden = compute_intermediates(quant_gm, example_inputs)
+    today = compute_intermediates(quant_gm, example_inputs)
+    assert first_divergent_op(golden, today) is None
+
+
+@pytest.mark.parametrize(
+    ("corrupted_op", "weight_of"),
+    [("aten.conv1d", "conv1d"), ("aten.conv2d", "conv2d")],
+)
+def test_corrupted_weight_is_localized_to_its_op(
+    float_and_quantized, corrupted_op: str, weight_of: str
+) -> None:
+    _, quant_gm, example_inputs = float_and_quantized
+    golden = compute_intermediates(quant_gm, example_inputs)
+
+    today_gm = _deepcopy(quant_gm)
+    conv = next(n for n in today_gm.graph.nodes if n.name == weight_of)
+    # the weight arrives through a dequantize of a folded int8 constant
+    weight_q = fetch_attr(today_gm, str(conv.args[1].args[0].target))
+    with torch.no_grad():
+        weight_q.copy_(
+            torch.flip(weight_q, dims=[0])
+        )  # swap output channels: same values, wrong place
+    today = compute_intermediates(today_gm, example_inputs)
+
+    found = first_divergent_op(golden, today)
+    assert found is not None
+    assert found.op_name == corrupted_op
+    assert found.handle == get_numeric_debug_handle(conv)
+    assert str(found).startswith(
+        f"first divergent op: {corrupted_op}, handle {found.handle}, SQNR "
+    )
+    assert str(found).endswith(" dB")
+
+
+def test_first_divergence_follows_the_given_order() -> None:
+    golden = {1: torch.ones(4), 2: torch.ones(4)}
+    today = {1: torch.zeros(4), 2: torch.zeros(4)}
+    names = {1: "aten.a", 2: "aten.b"}
+    assert find_first_divergence(golden, today, names).handle == 1
+    assert find_first_divergence(golden, today, names, order=[2, 1]).handle == 2
+
+
+def test_first_divergence_uses_the_threshold() -> None:
+    golden = {1: torch.tensor([30.0, 40.0])}
+    today = {1: torch.tensor([30.0, 40.5])}  # 20 * log10(50 / 0.5) = 40 dB
+    assert find_first_divergence(golden, today, sqnr_threshold_db=39.0) is None
+    found = find_first_divergence(golden, today, {1: "aten.x"}, sqnr_threshold_db=41.0)
+    assert found == Divergence(1, "aten.x", pytest.approx(40.0))
+    assert str(found) == "first divergent op: aten.x, handle 1, SQNR 40.0 dB"
+
+
+def test_a_handle_missing_today_is_divergent() -> None:
+    found = find_first_divergence({1: torch.ones(2), 2: torch.ones(2)}, {2: torch.ones(2)})
+    assert found is not None and found.handle == 1
+    assert found.sqnr_db == -math.inf
+    assert "missing" in str(found)
+
+
+def test_a_shape_change_is_divergent() -> None:
+    found = find_first_divergence({1: torch.ones(2)}, {1: torch.ones(3)}, {1: "aten.x"})
+    assert found is not None and found.sqnr_db == -math.inf
+    assert "shapes differ" in str(found)
+
+
+def test_list_output_diverges_when_any_element_does() -> None:
+    golden = {1: [torch.ones(2), torch.ones(2)]}
+    today = {1: [torch.ones(2), torch.zeros(2)]}
+    assert find_first_divergence(golden, today).handle == 1
+
+
+def test_first_divergence_without_intermediates_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no numeric debug handles"):
+        find_first_divergence({}, {1: torch.ones(1)})
+    with pytest.raises(ValueError, match="no numeric debug handles"):
+        find_first_divergence({1: torch.ones(1)}, {})
