@@ -21,6 +21,7 @@ Divergences from torch.ao, on purpose:
 """
 
 import functools
+import struct
 from typing import Any
 
 import torch
@@ -607,6 +608,12 @@ class FixedQParamsObserver(ObserverBase):
         return self.scale, self.zero_point
 
 
+def _f32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (what torch does to a Python scalar compared
+    with a float32 tensor)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
 # Above this many sub-bins the upsampled histogram is not materialised (see _upscale_histogram).
 _MAX_UPSAMPLED_BINS = 1 << 20
 
@@ -800,11 +807,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         final = self._l2_norm(torch.tensor(-half), src_end - end_centre, density)
         return (first + whole + final).sum().item()
 
-    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clipped range ``(new_min, new_max)`` minimising the L2 quantization error."""
-        if self.histogram.size(0) != self.bins:
-            raise ValueError("bins: the histogram buffer has a different number of bins")
-        bin_width = (self.max_val - self.min_val) / self.bins
+    def _search_bins(self) -> tuple[int, int]:
+        """TorchScript form of the bin search (see :meth:`_search_bins_eager`)."""
         total = torch.sum(self.histogram).item()
         cumsum = torch.cumsum(self.histogram, dim=0)
         step = 1e-5
@@ -839,6 +843,57 @@ class HistogramObserver(UniformQuantizationObserverBase):
             norm_min = norm
             start_bin = next_start
             end_bin = next_end
+        return start_bin, end_bin
+
+    @torch.jit.unused
+    def _search_bins_eager(self) -> tuple[int, int]:
+        """The bin search on Python floats: the same decisions as :meth:`_search_bins`, ~50x
+        faster (up to 1e5 steps of ``1e-5`` of the mass each).
+
+        A float32 tensor compared with a Python float compares in float32, so each threshold
+        is rounded to float32 (``_f32``) before comparing with the (exact) cumulative counts.
+        """
+        total = torch.sum(self.histogram).item()
+        cumsum = torch.cumsum(self.histogram, dim=0).tolist()
+        step = 1e-5
+        alpha, beta = 0.0, 1.0
+        start_bin, end_bin = 0, self.bins - 1
+        norm_min = float("inf")
+        while alpha < beta:
+            next_alpha = alpha + step
+            next_beta = beta - step
+            left, right = start_bin, end_bin
+            low = _f32(next_alpha * total)
+            while left < end_bin and cumsum[left] < low:
+                left += 1
+            high = _f32(next_beta * total)
+            while right > start_bin and cumsum[right] > high:
+                right -= 1
+            next_start, next_end = start_bin, end_bin
+            if (left - start_bin) > (end_bin - right):
+                next_start = left
+                alpha = next_alpha
+            else:
+                next_end = right
+                beta = next_beta
+            if next_start == start_bin and next_end == end_bin:
+                continue
+            norm = self._compute_quantization_error(next_start, next_end)
+            if norm > norm_min:
+                break
+            norm_min = norm
+            start_bin, end_bin = next_start, next_end
+        return start_bin, end_bin
+
+    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped range ``(new_min, new_max)`` minimising the L2 quantization error."""
+        if self.histogram.size(0) != self.bins:
+            raise ValueError("bins: the histogram buffer has a different number of bins")
+        if torch.jit.is_scripting():
+            start_bin, end_bin = self._search_bins()
+        else:
+            start_bin, end_bin = self._search_bins_eager()
+        bin_width = (self.max_val - self.min_val) / self.bins
         new_min = self.min_val + bin_width * start_bin
         new_max = self.min_val + bin_width * (end_bin + 1)
         return new_min, new_max
