@@ -347,6 +347,29 @@ def test_intermediates_round_trip_through_safetensors(tmp_path) -> None:
     assert first_divergent_op(inter, back, sqnr_threshold_db=math.inf) is None
 
 
+def test_intermediates_round_trip_through_torch_save_with_weights_only(tmp_path) -> None:
+    gm = _float_module(Conv2dWithSplit)
+    inter = compute_intermediates(gm, Conv2dWithSplit.example_inputs())
+    path = tmp_path / "intermediates.pt"
+    torch.save(inter.to_dict(), path)
+    back = Intermediates.from_dict(torch.load(path, weights_only=True))
+    assert back.order == inter.order
+    assert back.ops == inter.ops
+    assert first_divergent_op(inter, back, sqnr_threshold_db=math.inf) is None
+
+
+def test_first_divergent_op_accepts_dicts_and_bare_handle_maps() -> None:
+    golden = Intermediates(outputs={1: torch.ones(2), 2: torch.ones(2)}, ops={1: "a", 2: "aten.b"})
+    bare_today = {"1": torch.ones(2), "2": torch.zeros(2)}  # handles as strings, as stored
+    found = first_divergent_op(golden.to_dict(), bare_today)
+    assert (found.handle, found.op_name) == (2, "aten.b")
+
+
+def test_from_dict_refuses_other_mappings() -> None:
+    with pytest.raises(ValueError, match="not an Intermediates"):
+        Intermediates.from_dict({"1": torch.ones(1)})
+
+
 def test_same_model_has_no_divergent_op(float_and_quantized) -> None:
     _, quant_gm, example_inputs = float_and_quantized
     golden = compute_intermediates(quant_gm, example_inputs)

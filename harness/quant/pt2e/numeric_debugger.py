@@ -532,6 +532,43 @@ class Intermediates:
     def order(self) -> list[int]:
         return list(self.outputs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that ``torch.save`` writes and ``torch.load(..., weights_only=True)`` reads
+        back (strings, ints, lists and tensors only): ``{"format": 1, "order": [...],
+        "ops": {"<handle>": name}, "outputs": {"<handle>": tensor | [tensors]}}``."""
+        return {
+            "format": 1,
+            "order": self.order,
+            "ops": {str(h): name for h, name in self.ops.items()},
+            "outputs": {
+                str(h): (v.detach().clone() if isinstance(v, torch.Tensor) else list(v))
+                for h, v in self.outputs.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Intermediates:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("format") != 1 or "outputs" not in data:
+            raise ValueError("not an Intermediates.to_dict() mapping (no 'format': 1 / 'outputs')")
+        outputs = data["outputs"]
+        order = [int(h) for h in data.get("order", sorted(outputs, key=int))]
+        return cls(
+            outputs={h: outputs[str(h)] for h in order},
+            ops={int(h): name for h, name in data.get("ops", {}).items()},
+        )
+
+    @classmethod
+    def coerce(cls, data: Intermediates | Mapping[Any, Any]) -> Intermediates:
+        """Accept an Intermediates, a :meth:`to_dict` mapping, or a bare ``{handle: tensor}``
+        (handles as ints or strings; op names then unknown, order ascending)."""
+        if isinstance(data, Intermediates):
+            return data
+        if "outputs" in data and "format" in data:
+            return cls.from_dict(data)
+        outputs = {int(h): v for h, v in sorted(data.items(), key=lambda kv: int(kv[0]))}
+        return cls(outputs=outputs, ops={})
+
     def to_flat(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """``(tensors, metadata)`` for ``safetensors.torch.save_file(tensors, path, metadata)``.
 
@@ -657,11 +694,14 @@ def find_first_divergence(
 
 
 def first_divergent_op(
-    golden: Intermediates,
-    today: Intermediates,
+    golden: Intermediates | Mapping[Any, Any],
+    today: Intermediates | Mapping[Any, Any],
     sqnr_threshold_db: float = DEFAULT_DIVERGENCE_SQNR_DB,
 ) -> Divergence | None:
-    """:func:`find_first_divergence` over two :class:`Intermediates`, in the golden's order."""
+    """:func:`find_first_divergence` over two sets of intermediates (each an
+    :class:`Intermediates`, its :meth:`~Intermediates.to_dict` form, or ``{handle: tensor}``), in
+    the golden's order."""
+    golden, today = Intermediates.coerce(golden), Intermediates.coerce(today)
     return find_first_divergence(
         golden.outputs,
         today.outputs,
