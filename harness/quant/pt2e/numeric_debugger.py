@@ -7,7 +7,7 @@ positive integer, stored at ``node.meta[CUSTOM_KEY][NUMERIC_DEBUG_HANDLE_KEY]`` 
 ``node.meta["custom"]["numeric_debug_handle"]``). ``meta["custom"]`` is the one metadata slot
 torch.export carries through its own transformations, which is what lets a handle identify "the same
 op" in the float graph, the prepared graph, the converted graph and a reloaded ``.pt2``.
-Measured on torch 2.13 (see tests/pt2e/test_numeric_debug_handle.py):
+Measured on torch 2.6, 2.13 and 2.14 (tests/pt2e/test_numeric_debug_handle.py pass on each):
 
 * ``copy.copy`` / ``copy.deepcopy`` of the ExportedProgram, ``ep.module()``, re-export of
   ``ep.module()`` (strict and non-strict), ``torch.export.save`` / ``load``: every handle kept.
@@ -106,7 +106,11 @@ def is_handled_node(node: Node) -> bool:
         if target.startswith(_GUARD_PREFIX):
             return False
         owner = node.graph.owning_module
-        return not (owner is not None and isinstance(getattr(owner, target, None), OutputLogger))
+        try:
+            sub = owner.get_submodule(target) if owner is not None else None
+        except AttributeError:
+            sub = None
+        return not isinstance(sub, OutputLogger)
     return False
 
 
