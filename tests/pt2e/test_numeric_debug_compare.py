@@ -377,6 +377,21 @@ def test_same_model_has_no_divergent_op(float_and_quantized) -> None:
     assert first_divergent_op(golden, today) is None
 
 
+def test_quantized_model_saved_as_pt2_reproduces_its_intermediates(
+    float_and_quantized, tmp_path
+) -> None:
+    # The harness's "exported" golden: the converted graph re-exported and saved; the reloaded
+    # program still carries every handle, so its intermediates can be compared with the golden's.
+    _, quant_gm, example_inputs = float_and_quantized
+    golden = compute_intermediates(quant_gm, example_inputs)
+    path = tmp_path / "exported.pt2"
+    torch.export.save(torch.export.export(quant_gm, example_inputs, strict=False), str(path))
+    reloaded = torch.export.load(str(path)).module()
+    today = compute_intermediates(reloaded, example_inputs)
+    assert today.ops == golden.ops
+    assert first_divergent_op(golden, today, sqnr_threshold_db=math.inf) is None
+
+
 @pytest.mark.parametrize(
     ("corrupted_op", "weight_of"),
     [("aten.conv1d", "conv1d"), ("aten.conv2d", "conv2d")],
