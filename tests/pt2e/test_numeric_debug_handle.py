@@ -348,6 +348,8 @@ def test_convert_pt2e_copies_each_handle_to_the_dequantize_node() -> None:
     m = convert_pt2e(m)
 
     carried = collect_numeric_debug_handles(m)
+    # the float ops themselves keep their handles (the seed's conv2d pattern check)
+    assert {n.name: h for n, h in carried.items() if n.name in float_handles} == float_handles
     counts = Counter(carried.values())
     assert sorted(counts.values()) == [2, 2, 2]
     assert set(counts) == set(float_handles.values())
