@@ -212,7 +212,8 @@ def matmul_acc_int_mm(
     """
     k = x_q.shape[1]
     if x_q.dtype == torch.uint8:
-        a = torch.bitwise_xor(x_q, 128).view(torch.int8)  # q - 128, exactly, in int8
+        # q - 128 in int8: the cast wraps (two's complement), flipping the top bit shifts
+        a = torch.bitwise_xor(x_q.to(torch.int8), -128)
         c = 128 - x_zp.to(torch.int64).reshape(1, 1)
     else:
         a = x_q.to(torch.int8)
