@@ -408,7 +408,14 @@ def _fake_quantize(
         unclamped = torch.round(xd * (1.0 / s) + z)
     else:
         unclamped = torch.round(xd * (1.0 / s)) + z
-    y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
+    if zero_point.is_floating_point():
+        # (q - z) is not an integer here: torch's kernel forms (q - z) * s in double and rounds
+        # once to float32; two float32 roundings would differ in the last bit
+        y = (
+            (torch.clamp(unclamped, quant_min, quant_max).double() - z.double()) * s.double()
+        ).float()
+    else:
+        y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
     inside = (unclamped >= quant_min) & (unclamped <= quant_max)
     # The value is exactly y; the gradient is 1 where x was not clamped and 0 elsewhere
     # (x - x.detach() is 0 in value but carries d/dx = 1).
