@@ -1,0 +1,128 @@
+"""The case catalogue: one declarative row per deterministic scenario.
+
+A :class:`Case` is data: which subject it belongs to, a builder, a seed, input shapes, how inputs
+are made and calibrated, which formats are written and which engines it runs on. The builder is
+the only code in a row; it receives a :class:`BuildContext` and returns a :class:`Built` holding
+everything the formats need (the module to run, inputs, expected output, optional scripted /
+traced / exported / packaged artifacts, and the graph signature).
+
+Adding a case is a table edit in the subject's case module (``harness/cases/<subject>.py``);
+the generator, store, runner, report and coverage gate pick it up without further code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder gets: the case row, the engine, and the inputs to calibrate and run on.
+
+    ``inputs`` is None when generating (the builder makes them from ``case.seed``); the runner's
+    reproduce check passes the stored inputs so today's code is judged on exactly the past data.
+    """
+
+    case: Case
+    engine: str
+    inputs: tuple[Any, ...] | None = None
+
+    def make_inputs(self) -> tuple[Any, ...]:
+        """The stored inputs when given, else fresh seeded ones made by the case's input maker."""
+        if self.inputs is not None:
+            return self.inputs
+        gen = torch.Generator().manual_seed(self.case.seed + 1)
+        return tuple(self.case.make_input(shape, gen) for shape in self.case.input_shapes)
+
+
+@dataclass
+class Built:
+    """Everything one (case, engine) produces with today's code.
+
+    ``run(model, inputs)`` is how a (re)loaded model is executed; its result is compared with
+    ``expected`` by the tolerance policy. ``fresh()`` returns today's empty module of the same
+    structure, into which stored state_dicts are loaded. ``transform(float_model, inputs)`` is the
+    quantization flow the ``package`` format reapplies to a past float model.
+    """
+
+    model: Any
+    inputs: tuple[Any, ...]
+    expected: Any
+    run: Callable[[Any, tuple[Any, ...]], Any] = lambda m, xs: m(*xs)
+    fresh: Callable[[], Any] | None = None
+    scripted: Any = None
+    traced: Any = None
+    exported: Any = None
+    float_model: Any = None
+    package_interns: tuple[str, ...] = ()
+    transform: Callable[[Any, tuple[Any, ...]], Any] | None = None
+    signature: str | None = None
+    intermediates: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the catalogue (see module docstring)."""
+
+    subject: str
+    name: str
+    builder: Callable[[BuildContext], Built]
+    input_shapes: tuple[tuple[int, ...], ...]
+    formats: tuple[str, ...]
+    engines: tuple[str, ...] | None = None  # None: every engine of the subject
+    seed: int = 0
+    make_input: Callable[[tuple[int, ...], torch.Generator], Any] = field(
+        default=lambda shape, gen: torch.rand(*shape, generator=gen)
+    )
+    calibration: str = "stored inputs, one pass"
+    #: formats of this case whose files cannot load with weights_only=True (e.g. torch.ao's
+    #: dynamic LSTM pickles TorchScript packed-params objects); they load with full unpickling,
+    #: which can run code, and the manifest and report say so
+    trusted_load: tuple[str, ...] = ()
+    description: str = ""
+
+    def spec(self) -> dict[str, Any]:
+        """The row as JSON-able data (written into every manifest, so goldens say what they are)."""
+        return {
+            "subject": self.subject,
+            "name": self.name,
+            "builder": f"{self.builder.__module__}.{self.builder.__qualname__}",
+            "seed": self.seed,
+            "input_shapes": [list(s) for s in self.input_shapes],
+            "calibration": self.calibration,
+            "formats": list(self.formats),
+            "engines": list(self.engines) if self.engines is not None else None,
+            "description": self.description,
+            "trusted_load": list(self.trusted_load),
+        }
+
+
+def all_cases(subject: str | None = None) -> list[Case]:
+    """Every case of every registered subject (or of one), in catalogue order."""
+    from harness.subjects import get_subject, subject_names
+
+    names = [subject] if subject else subject_names()
+    return [c for n in names for c in get_subject(n).cases()]
+
+
+def get_case(subject: str, name: str) -> Case:
+    """The case ``name`` of ``subject``; a clear error naming it when it does not exist."""
+    for case in all_cases(subject):
+        if case.name == name:
+            return case
+    raise KeyError(f"unknown case {name!r} for subject {subject!r}")
+
+
+def select_cases(cases: Sequence[Case], pattern: str | None) -> list[Case]:
+    """Cases whose name matches the glob ``pattern`` (all when None); unknown pattern -> error."""
+    if not pattern:
+        return list(cases)
+    chosen = [c for c in cases if fnmatch.fnmatchcase(c.name, pattern)]
+    if not chosen:
+        raise KeyError(f"no case matches {pattern!r}")
+    return chosen

@@ -1,0 +1,55 @@
+"""TorchScript formats: scripted and traced modules (torch.jit.save / torch.jit.load).
+
+torch.jit.load reads TorchScript code, not pickled Python: it does not execute arbitrary Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.cases import Built
+from harness.formats import Format, LoadContext, register
+
+
+def _saver(attr: str) -> Any:
+    def write(b: Built, path: Path) -> None:
+        module = getattr(b, attr)
+        if module is None:
+            raise ValueError(f"case built no {attr} module")
+        torch.jit.save(module, str(path))
+
+    return write
+
+
+def read_module(path: Path, ctx: LoadContext | None) -> Any:
+    module = torch.jit.load(str(path))
+    if ctx is None:
+        return module
+    return ctx.today.run(module, ctx.inputs)
+
+
+register(
+    Format(
+        "scripted",
+        "scripted.pt",
+        "load",
+        _saver("scripted"),
+        read_module,
+        weights_only=False,
+        description="torch.jit.script module (TorchScript archive)",
+    )
+)
+register(
+    Format(
+        "traced",
+        "traced.pt",
+        "load",
+        _saver("traced"),
+        read_module,
+        weights_only=False,
+        description="torch.jit.trace module (TorchScript archive)",
+    )
+)

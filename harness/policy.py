@@ -1,0 +1,289 @@
+"""Tolerance policy (data in ``harness/data/policy.toml``) and the numeric comparison it judges.
+
+Outputs (tensors, tuples, dicts of tensors, quantized tensors) are flattened into named leaves;
+each leaf is compared in quantization steps of the output (see the policy file for the
+definition of a step per dtype), giving :class:`Stats`; the matching policy decides.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DATA = Path(__file__).parent / "data"
+DEFAULT_POLICY = DATA / "policy.toml"
+DEFAULT_KNOWN_BREAKS = DATA / "known_breaks.toml"
+_MATCH_KEYS = ("subject", "engine", "case", "dtype", "isa", "producer", "check")
+_LIMIT_KEYS = ("atol_steps", "max_steps", "mismatch_budget", "min_sqnr_db")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol_steps: float = 0.0
+    max_steps: float = 0.0
+    mismatch_budget: float = 0.0
+    min_sqnr_db: float = 0.0
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a comparison is about; rules match on these."""
+
+    subject: str
+    engine: str
+    case: str
+    producer: str
+    check: str
+    isa: str
+    producer_isa: str
+
+
+class Policy:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.default = {k: float(v) for k, v in data.get("default", {}).items() if k in _LIMIT_KEYS}
+        self.rules: list[dict[str, Any]] = list(data.get("rule", []))
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Policy:
+        with open(path or DEFAULT_POLICY, "rb") as f:
+            return cls(tomllib.load(f))
+
+    def tolerance(self, where: Where, dtype: str) -> Tolerance:
+        limits = dict(self.default)
+        reasons: list[str] = []
+        keys = {**where.__dict__, "dtype": dtype}
+        for rule in self.rules:
+            if "isa_changed" in rule and bool(rule["isa_changed"]) != (
+                where.isa != where.producer_isa
+            ):
+                continue
+            if all(
+                fnmatch.fnmatchcase(str(keys[k]), str(rule[k])) for k in _MATCH_KEYS if k in rule
+            ):
+                limits.update({k: float(rule[k]) for k in _LIMIT_KEYS if k in rule})
+                if "reason" in rule:
+                    reasons.append(rule["reason"])
+        return Tolerance(**limits, reasons=tuple(reasons))
+
+
+@dataclass
+class Stats:
+    """Comparison of one output leaf."""
+
+    name: str
+    dtype: str
+    numel: int
+    max_steps: float = 0.0
+    mismatched: int = 0
+    sqnr_db: float = math.inf
+    step: float = 1.0
+    problem: str | None = None  # structural difference (shape, dtype, qparams, missing leaf)
+
+    def summary(self) -> str:
+        if self.problem:
+            return f"{self.name}: {self.problem}"
+        return (
+            f"{self.name} ({self.dtype}, {self.numel} elements, step {self.step:.6g}): max error "
+            f"{self.max_steps:.4g} steps, {self.mismatched} mismatched, SQNR {self.sqnr_db:.1f} dB"
+        )
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    stats: list[Stats] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        lines = self.failures + ["all leaves:"] + [f"  {s.summary()}" for s in self.stats]
+        return "\n".join(lines)
+
+
+def flatten(value: Any, prefix: str = "output") -> dict[str, Any]:
+    """Named leaves of a nested output: tensors, and python scalars / strings as-is."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k in sorted(value, key=str):
+            out.update(flatten(value[k], f"{prefix}.{k}"))
+        return out
+    if isinstance(value, (tuple, list)):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _qparams(t: torch.Tensor) -> tuple[Any, ...]:
+    if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return (t.qscheme(), t.q_scale(), t.q_zero_point())
+    return (
+        t.qscheme(),
+        t.q_per_channel_scales().tolist(),
+        t.q_per_channel_zero_points().tolist(),
+        t.q_per_channel_axis(),
+    )
+
+
+def dtype_name(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(value.dtype).removeprefix("torch.")
+    return type(value).__name__
+
+
+def compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
+    """Error statistics of ``actual`` against ``expected`` in output quantization steps."""
+    stats = Stats(name=name, dtype=dtype_name(expected), numel=1)
+    if not isinstance(expected, torch.Tensor):
+        if actual != expected:
+            stats.problem = f"value {actual!r} != expected {expected!r}"
+        return stats
+    stats.numel = expected.numel()
+    if not isinstance(actual, torch.Tensor):
+        stats.problem = f"got {type(actual).__name__}, expected a tensor"
+        return stats
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        stats.problem = f"got {tuple(actual.shape)} {dtype_name(actual)}, expected {tuple(expected.shape)} {stats.dtype}"
+        return stats
+    if expected.is_quantized:
+        if _qparams(actual) != _qparams(expected):
+            stats.problem = f"qparams {_qparams(actual)} != expected {_qparams(expected)}"
+            return stats
+        err = (
+            (actual.int_repr().to(torch.int64) - expected.int_repr().to(torch.int64)).abs().double()
+        )
+        ref, got = expected.dequantize().double(), actual.dequantize().double()
+    else:
+        ref, got = expected.double(), actual.double()
+        if expected.is_floating_point():
+            span = (ref.max() - ref.min()).item() if ref.numel() else 0.0
+            stats.step = span / 255 if span > 0 else 1.0
+        err = (got - ref).abs() / stats.step
+    if err.numel():
+        stats.max_steps = err.max().item()
+    noise = ((got - ref) ** 2).sum().item()
+    signal = (ref**2).sum().item()
+    stats.sqnr_db = (
+        math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    )
+    stats._err = err  # type: ignore[attr-defined]  # kept for judge(); not serialized
+    return stats
+
+
+def judge(actual: Any, expected: Any, policy: Policy, where: Where) -> Verdict:
+    """Compare every leaf and apply the matching tolerance; the verdict lists the statistics."""
+    got, ref = flatten(actual), flatten(expected)
+    verdict = Verdict(ok=True)
+    for name in ref.keys() | got.keys():
+        if name not in got or name not in ref:
+            s = Stats(
+                name=name,
+                dtype="?",
+                numel=0,
+                problem="missing in " + ("actual" if name not in got else "expected"),
+            )
+            verdict.stats.append(s)
+            verdict.failures.append(s.summary())
+            continue
+        s = compare_leaf(name, got[name], ref[name])
+        verdict.stats.append(s)
+        if s.problem:
+            verdict.failures.append(s.summary())
+            continue
+        tol = policy.tolerance(where, s.dtype)
+        err = getattr(s, "_err", None)
+        if err is not None:
+            s.mismatched = int((err > tol.atol_steps).sum().item())
+            del s._err  # type: ignore[attr-defined]
+        budget = math.floor(tol.mismatch_budget * s.numel)
+        if s.max_steps > tol.max_steps or s.mismatched > budget or s.sqnr_db < tol.min_sqnr_db:
+            verdict.failures.append(
+                f"{s.summary()} exceeds policy (max_steps {tol.max_steps:g}, mismatch budget "
+                f"{budget} at atol {tol.atol_steps:g} steps, min SQNR {tol.min_sqnr_db:g} dB"
+                + (f"; rules: {'; '.join(tol.reasons)}" if tol.reasons else "")
+                + ")"
+            )
+    verdict.stats.sort(key=lambda s: s.name)
+    verdict.ok = not verdict.failures
+    return verdict
+
+
+# ---------------------------------------------------------------- known breaks
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.strip().split(".") if p.isdigit())
+
+
+def in_range(release: tuple[int, ...], spec: str) -> bool:
+    """``release`` satisfies every comma-separated clause of ``spec`` (``>=2.6.0,<2.13.0``)."""
+    for clause in (c.strip() for c in spec.split(",")):
+        if not clause or clause == "*":
+            continue
+        for op in (">=", "<=", "==", ">", "<"):
+            if clause.startswith(op):
+                bound = _version(clause[len(op) :])
+                ok = {
+                    ">=": release >= bound,
+                    "<=": release <= bound,
+                    "==": release == bound,
+                    ">": release > bound,
+                    "<": release < bound,
+                }[op]
+                if not ok:
+                    return False
+                break
+        else:
+            raise ValueError(f"bad version clause {clause!r} in {spec!r}")
+    return True
+
+
+@dataclass(frozen=True)
+class KnownBreak:
+    reason: str
+    subject: str = "*"
+    case: str = "*"
+    engine: str = "*"
+    format: str = "*"
+    producers: str = "*"
+    consumers: str = "*"
+
+    def matches(
+        self,
+        subject: str,
+        case: str,
+        engine: str,
+        fmt: str,
+        producer_torch: tuple[int, ...],
+        consumer_torch: tuple[int, ...],
+    ) -> bool:
+        return (
+            all(
+                fnmatch.fnmatchcase(v, p)
+                for v, p in (
+                    (subject, self.subject),
+                    (case, self.case),
+                    (engine, self.engine),
+                    (fmt, self.format),
+                )
+            )
+            and in_range(producer_torch, self.producers)
+            and in_range(consumer_torch, self.consumers)
+        )
+
+
+def load_known_breaks(path: Path | None = None) -> list[KnownBreak]:
+    with open(path or DEFAULT_KNOWN_BREAKS, "rb") as f:
+        data = tomllib.load(f)
+    return [KnownBreak(**entry) for entry in data.get("break", [])]

@@ -1,0 +1,114 @@
+"""pytest plugin ``qbc`` (entry point ``pytest11``): parametrizes the BC runner over the store.
+
+Any test requesting the ``qbc_check`` fixture (``harness.verify.test_golden``, re-exported by
+``tests/bc/test_goldens.py``) runs once per (golden, format) of the store, with ids like
+``torch_ao/torch-2.13.0_qbc-0.1.0/fbgemm/linear/scripted``. Entries of the known-breaks file
+become strict xfails carrying their reason. Collection is deterministic, so pytest-xdist
+workers agree on the item list.
+
+Options:
+  --qbc-store PATH          golden store to verify (default: <rootdir>/golden)
+  --qbc-policy PATH         tolerance policy TOML (default: harness/data/policy.toml)
+  --qbc-known-breaks PATH   known-breaks TOML (default: harness/data/known_breaks.toml)
+  --qbc-results PATH        write every check's outcome as JSON (used by ``qbc verify``)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qbc", "qbc golden store")
+    group.addoption(
+        "--qbc-store", default=None, help="golden store to verify (default: <rootdir>/golden)"
+    )
+    group.addoption("--qbc-policy", default=None, help="tolerance policy TOML")
+    group.addoption("--qbc-known-breaks", default=None, help="known-breaks TOML")
+    group.addoption("--qbc-results", default=None, help="write check outcomes as JSON here")
+
+
+def store_path(config: pytest.Config) -> Path:
+    opt = config.getoption("--qbc-store")
+    return Path(opt) if opt else Path(config.rootpath) / "golden"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "qbc_check" not in metafunc.fixturenames:
+        return
+    from harness.policy import load_known_breaks
+    from harness.verify import collect, known_break
+
+    config = metafunc.config
+    kb = config.getoption("--qbc-known-breaks")
+    breaks = load_known_breaks(Path(kb) if kb else None)
+    params = []
+    for item in collect(store_path(config)):
+        marks = []
+        entry = known_break(item, breaks)
+        if entry is not None:
+            marks.append(pytest.mark.xfail(strict=True, reason=f"known break: {entry.reason}"))
+        params.append(pytest.param(item, id=item.id, marks=marks))
+    metafunc.parametrize("qbc_check", params)
+
+
+@pytest.fixture(scope="session")
+def qbc_policy(pytestconfig: pytest.Config) -> Any:
+    from harness.policy import Policy
+
+    path = pytestconfig.getoption("--qbc-policy")
+    return Policy.load(Path(path) if path else None)
+
+
+class _Results:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "[" not in report.nodeid:
+            return
+        param = report.nodeid.rsplit("[", 1)[1].rstrip("]")
+        if param.count("/") != 4:
+            return
+        outcome = report.outcome
+        if hasattr(report, "wasxfail"):
+            outcome = "xfail" if report.skipped else "xpass"
+        if report.when == "call" or outcome in ("failed", "skipped", "xfail"):
+            if (
+                report.when != "call"
+                and param in self.rows
+                and self.rows[param]["outcome"] != "passed"
+            ):
+                return
+            message = ""
+            if report.failed:
+                message = (
+                    str(report.longrepr.reprcrash.message)
+                    if hasattr(report.longrepr, "reprcrash")
+                    else str(report.longrepr)
+                )
+            elif report.skipped and isinstance(report.longrepr, tuple):
+                message = report.longrepr[2]
+            self.rows[param] = {
+                "id": param,
+                "outcome": outcome,
+                "message": message,
+                "duration": report.duration,
+            }
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.path.write_text(
+            json.dumps(sorted(self.rows.values(), key=lambda r: r["id"]), indent=1)
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    results = config.getoption("--qbc-results", default=None)
+    # Only the controller (not xdist workers) writes the results file.
+    if results and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Results(Path(results)), "qbc-results")

@@ -1,0 +1,159 @@
+"""The golden store: ``golden/<subject>/<producer>/<engine>/<case>/manifest.json``.
+
+Binary artifacts live once per producer in ``golden/<subject>/<producer>/blobs/<sha256[:16]>.<ext>``
+(content-addressed: identical files, e.g. the same seeded input on four engines, are stored
+once); text artifacts (manifest, graph signature) stay inside the golden's folder so a review
+diff shows them. Every manifest entry records path, sha256 and size; :meth:`Golden.path` checks
+both before anything is loaded.
+
+A producer's folder is only ever written whole, by that producer, through a temporary sibling
+folder and a rename (:func:`replace_producer`), so an interrupted write leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.manifest import read_manifest, sha256_file
+
+MANIFEST = "manifest.json"
+BLOBS = "blobs"
+TEXT_SUFFIXES = (".txt", ".json")
+
+
+class IntegrityError(AssertionError):
+    """A golden file's bytes do not match its manifest (names file, expected and actual hash)."""
+
+
+@dataclass
+class Golden:
+    store: Path
+    subject: str
+    producer: str
+    engine: str
+    case: str
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def producer_dir(self) -> Path:
+        return self.store / self.subject / self.producer
+
+    @property
+    def dir(self) -> Path:
+        return self.producer_dir / self.engine / self.case
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}/{self.producer}/{self.engine}/{self.case}"
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.manifest["files"])
+
+    def path(self, fmt: str) -> Path:
+        """The file of ``fmt`` after checking its size and sha256 against the manifest."""
+        entry = self.manifest["files"].get(fmt)
+        if entry is None:
+            raise KeyError(f"golden {self.id} has no {fmt!r} file")
+        path = self.producer_dir / entry["path"]
+        if not path.is_file():
+            raise IntegrityError(f"golden {self.id}: {fmt} file {path} is missing")
+        size = path.stat().st_size
+        digest = sha256_file(path)
+        if size != entry["size"] or digest != entry["sha256"]:
+            raise IntegrityError(
+                f"golden {self.id}: {fmt} file {path} does not match its manifest: "
+                f"sha256 {digest} (size {size}) != recorded {entry['sha256']} (size {entry['size']})"
+            )
+        return path
+
+
+def iter_goldens(store: Path) -> list[Golden]:
+    """Every golden in the store, whatever produced it, sorted by id."""
+    store = Path(store)
+    out = []
+    for manifest in sorted(store.glob(f"*/*/*/*/{MANIFEST}")):
+        case_dir = manifest.parent
+        engine_dir, producer_dir = case_dir.parent, case_dir.parent.parent
+        if producer_dir.name.startswith(".") or engine_dir.name == BLOBS:
+            continue
+        out.append(
+            Golden(
+                store=store,
+                subject=producer_dir.parent.name,
+                producer=producer_dir.name,
+                engine=engine_dir.name,
+                case=case_dir.name,
+                manifest=read_manifest(manifest),
+            )
+        )
+    return out
+
+
+def add_file(producer_tmp: Path, golden_rel: str, src: Path) -> dict[str, Any]:
+    """Move a freshly written ``src`` into the producer being built; returns its manifest entry.
+
+    Text files go into the golden folder under their own name; binaries go to ``blobs/`` named by
+    content (an identical blob already there is reused, not stored twice).
+    """
+    digest, size = sha256_file(src), src.stat().st_size
+    if src.suffix in TEXT_SUFFIXES:
+        rel = f"{golden_rel}/{src.name}"
+    else:
+        rel = f"{BLOBS}/{digest[:16]}{''.join(src.suffixes)}"
+    dest = producer_tmp / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and sha256_file(dest) == digest:
+        src.unlink()
+    else:
+        shutil.move(str(src), dest)
+    return {"path": rel, "sha256": digest, "size": size}
+
+
+def start_producer(store: Path, subject: str, producer: str, keep_existing: bool) -> Path:
+    """A temporary sibling folder to build ``producer``'s new content in (a copy of the current
+    content when ``keep_existing``, for partial regeneration)."""
+    parent = Path(store) / subject
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{producer}-{uuid.uuid4().hex[:8]}"
+    final = parent / producer
+    if keep_existing and final.exists():
+        shutil.copytree(final, tmp)
+    else:
+        tmp.mkdir()
+    return tmp
+
+
+def collect_garbage(producer_tmp: Path) -> None:
+    """Delete blobs no manifest references any more."""
+    used: set[str] = set()
+    for manifest in producer_tmp.glob(f"*/*/{MANIFEST}"):
+        used.update(e["path"] for e in read_manifest(manifest)["files"].values())
+    blobs = producer_tmp / BLOBS
+    if blobs.is_dir():
+        for blob in blobs.iterdir():
+            if f"{BLOBS}/{blob.name}" not in used:
+                blob.unlink()
+
+
+def replace_producer(tmp: Path, producer: str) -> Path:
+    """Atomically put ``tmp`` in place as the producer's folder (rename, then drop the old one)."""
+    final = tmp.parent / producer
+    old = tmp.parent / f".old-{producer}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def producer_size(store: Path, subject: str, producer: str) -> int:
+    return sum(
+        p.stat().st_size for p in (Path(store) / subject / producer).rglob("*") if p.is_file()
+    )

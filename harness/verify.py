@@ -1,0 +1,221 @@
+"""The runner's checks: one per (golden, format), shared by the pytest plugin and ``qbc verify``.
+
+For a golden ``<subject>/<producer>/<engine>/<case>`` and one of its formats:
+
+- ``input`` (data): the stored input loads (weights_only) and equals today's seeded input;
+- load formats (state_dict, state_dict_legacy, safetensors, scripted, traced, exported,
+  package): the past artifact loads today and, run on the stored input, reproduces the stored
+  expected output within policy (package also re-derives the get_attr targets);
+- ``expected`` (reproduce): today's code rebuilds the case from its seed on the stored input and
+  reproduces the stored output within policy;
+- ``graph``: today's graph signature equals the stored one.
+
+Every file's sha256 and size are checked against the manifest before it is loaded.
+
+Extension point for the numeric debugger: when a numeric check fails and the golden carries an
+``intermediates`` file, :func:`first_divergence` is called with the stored and today's
+per-handle outputs; :data:`DIVERGENCE_HOOK` (default: harness.quant.pt2e.numeric_debugger's
+``compare_results`` when it exists) names the first op whose outputs diverge.
+
+This module also holds the test function itself (``test_golden``), so ``qbc verify`` can run it
+with pytest from an installed package; ``tests/bc/test_goldens.py`` re-exports it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import manifest as mf
+from harness.cases import BuildContext, Built, get_case
+from harness.formats import LoadContext, get_format
+from harness.formats.graph import section
+from harness.policy import KnownBreak, Policy, Verdict, Where, judge
+from harness.store import Golden, iter_goldens
+from harness.subjects import get_subject
+
+
+class GoldenFailure(AssertionError):
+    """A golden check failed; the message carries producer, engine, format and statistics."""
+
+
+class GoldenSkip(Exception):
+    """The check cannot run here (engine or subject unavailable); the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    golden: Golden
+    fmt: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.golden.id}/{self.fmt}"
+
+
+def collect(store: Path) -> list[CheckItem]:
+    """Every (golden, format) check of the store, in id order."""
+    return [CheckItem(g, f) for g in iter_goldens(store) for f in sorted(g.formats)]
+
+
+def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
+    from harness import compat
+
+    g = item.golden
+    producer_torch = mf.parse_producer(g.producer)[0]
+    for entry in breaks:
+        if entry.matches(
+            g.subject, g.case, g.engine, item.fmt, producer_torch, compat.torch_version()
+        ):
+            return entry
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _today(subject: str, case: str, engine: str, input_key: str, input_path: str) -> Built:
+    """Today's build of (case, engine) on the stored inputs, cached per process."""
+    import torch
+
+    inputs = torch.load(input_path, weights_only=True)
+    return get_case(subject, case).builder(
+        BuildContext(get_case(subject, case), engine, inputs=tuple(inputs))
+    )
+
+
+def _where(golden: Golden, check: str) -> Where:
+    return Where(
+        subject=golden.subject,
+        engine=golden.engine,
+        case=golden.case,
+        producer=golden.producer,
+        check=check,
+        isa=mf.isa_string(),
+        producer_isa=mf.isa_string(golden.manifest.get("machine", {}).get("isa", {})),
+    )
+
+
+def _fail(item: CheckItem, what: str, detail: str) -> GoldenFailure:
+    g = item.golden
+    return GoldenFailure(
+        f"{what}: subject {g.subject}, producer {g.producer}, engine {g.engine}, case {g.case}, "
+        f"format {item.fmt}\n{detail}"
+    )
+
+
+#: Called on a numeric failure as hook(stored: dict, today: dict) -> str | None (the first
+#: divergent op's description). Set by the numeric debugger; see :func:`first_divergence`.
+DIVERGENCE_HOOK: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+
+
+def first_divergence(item: CheckItem, today: Built) -> str | None:
+    """Name the first divergent op of a failing export-based golden, when it has intermediates."""
+    if "intermediates" not in item.golden.formats or today.intermediates is None:
+        return None
+    import torch
+
+    stored = torch.load(item.golden.path("intermediates"), weights_only=True)
+    hook = DIVERGENCE_HOOK
+    if hook is None:
+        # Default: walk debug handles in order and report the first whose outputs differ.
+        for handle in sorted(stored, key=lambda h: int(h) if str(h).isdigit() else str(h)):
+            mine = today.intermediates.get(handle, today.intermediates.get(str(handle)))
+            if mine is None or not torch.equal(
+                torch.as_tensor(mine), torch.as_tensor(stored[handle])
+            ):
+                return f"first divergent debug handle: {handle}"
+        return None
+    return hook(stored, {str(k): v for k, v in today.intermediates.items()})
+
+
+def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
+    """Run one check; raises GoldenFailure (with statistics) or GoldenSkip; returns the verdict."""
+    import torch
+
+    g = item.golden
+    try:
+        subject = get_subject(g.subject)
+    except KeyError as exc:
+        raise _fail(item, "golden of an unknown subject", str(exc)) from None
+    reason = subject.unavailable_reason(g.engine)
+    if reason:
+        raise GoldenSkip(reason)
+    fmt = get_format(item.fmt)
+    path = g.path(item.fmt)  # integrity first, for every file we touch
+    input_path = g.path("input")
+    with subject.use_engine(g.engine):
+        try:
+            get_case(g.subject, g.case)
+        except KeyError as exc:
+            raise _fail(item, "golden of a case that no longer exists", str(exc)) from None
+        input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
+        today = _today(g.subject, g.case, g.engine, input_key, str(input_path))
+        inputs = today.inputs
+        if fmt.role == "graph":
+            stored = path.read_text()
+            if today.signature != stored:
+                diff = "".join(
+                    difflib.unified_diff(
+                        stored.splitlines(True),
+                        (today.signature or "").splitlines(True),
+                        "golden",
+                        "today",
+                    )
+                )
+                raise _fail(item, "graph signature changed", diff)
+            return None
+        if fmt.role == "aux":
+            fmt.read(path, None)
+            return None
+        if fmt.role == "data":
+            check, actual = (
+                "data",
+                tuple(BuildContext(get_case(g.subject, g.case), g.engine).make_inputs()),
+            )
+            expected = fmt.read(path, None)
+        else:
+            expected = torch.load(g.path("expected"), weights_only=True)
+            if fmt.role == "reproduce":
+                check, actual = "reproduce", today.expected
+            else:
+                check = "load"
+                case = get_case(g.subject, g.case)
+                ctx = LoadContext(
+                    inputs, today, g.engine, weights_only=item.fmt not in case.trusted_load
+                )
+                actual = fmt.read(path, ctx)
+                if item.fmt == "package":
+                    stored_attrs = (
+                        section(g.path("graph").read_text(), "get_attr")
+                        if "graph" in g.formats
+                        else None
+                    )
+                    if stored_attrs is not None and actual["get_attr"] != stored_attrs:
+                        raise _fail(
+                            item,
+                            "get_attr targets changed",
+                            f"today {actual['get_attr']} != golden {stored_attrs}",
+                        )
+                    actual = actual["output"]
+        verdict = judge(actual, expected, policy, _where(g, check))
+        if not verdict.ok:
+            where = first_divergence(item, today)
+            detail = verdict.message() + (f"\n{where}" if where else "")
+            raise _fail(
+                item, f"{check} check: output differs from the golden beyond policy", detail
+            )
+        return verdict
+
+
+def test_golden(qbc_check: CheckItem, qbc_policy: Policy) -> None:
+    """One golden format: it loads today and reproduces the stored outputs (see module doc)."""
+    import pytest
+
+    try:
+        run_check(qbc_check, qbc_policy)
+    except GoldenSkip as exc:
+        pytest.skip(str(exc))
