@@ -309,12 +309,12 @@ def conv_acc(
     og = o // groups
     accs: list[torch.Tensor] = []
     out_shape: list[int] = []
-    zw = w_zp.reshape(-1)
+    zw = w_zp.reshape(-1).expand(o)  # per-tensor or per-channel alike: one value per channel
     for g in range(groups):
         xg = x_q[:, g * cg : (g + 1) * cg]
         cols, out_shape = im2col(xg, kernel_size, stride, padding, dilation, x_zp)
         wg = w_q[g * og : (g + 1) * og].reshape(og, -1)
-        zwg = zw if zw.numel() == 1 else zw[g * og : (g + 1) * og]
+        zwg = zw[g * og : (g + 1) * og]
         acc = matmul_acc(engine, cols.reshape(-1, cols.shape[-1]), x_zp, wg.contiguous(), zwg)
         accs.append(acc.reshape(b, -1, og))
     acc = torch.cat(accs, dim=2) if groups > 1 else accs[0]

@@ -1,6 +1,17 @@
 """qbc's quantized modules on plain integer tensors (conventions in :mod:`._base`)."""
 
+from harness.quant.nn.conv import Conv1d, Conv2d, Conv3d, ConvReLU2d, ConvReLU3d
 from harness.quant.nn.linear import Linear, LinearReLU
 from harness.quant.nn.stubs import DeQuantize, Quantize
 
-__all__ = ["DeQuantize", "Linear", "LinearReLU", "Quantize"]
+__all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvReLU2d",
+    "ConvReLU3d",
+    "DeQuantize",
+    "Linear",
+    "LinearReLU",
+    "Quantize",
+]

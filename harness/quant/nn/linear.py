@@ -53,7 +53,8 @@ def unwrap_fused(mod: nn.Module, inner_type: type, relu: bool) -> nn.Module:
     """The float Linear/Conv inside ``mod``: ``mod`` itself, or ``mod[0]`` of a fused
     ``(module, ReLU)`` sequence such as torch.ao's ``LinearReLU`` / ``ConvReLU2d``."""
     if relu:
-        if isinstance(mod, nn.Sequential) and len(mod) == 2 and isinstance(mod[1], nn.ReLU):
+        # len >= 2: the calibrated observer may have been attached as a third child
+        if isinstance(mod, nn.Sequential) and len(mod) >= 2 and isinstance(mod[1], nn.ReLU):
             mod = mod[0]
         else:
             raise ValueError(
