@@ -93,12 +93,23 @@ class FeatureUnavailable(RuntimeError):
         self.feature = feature
 
 
-# torch 2.6's ExportedProgram.module() warns twice while it unlifts a plain tensor attribute
-# (neither parameter nor buffer): harmless, and gone by torch 2.13.
-_UNLIFT_NOISE = (
+# torch 2.6 warns when an fx graph reads a plain tensor attribute (neither parameter nor buffer)
+# with get_attr: once while ExportedProgram.module() unlifts such a constant, and on every
+# Graph.lint() afterwards. torch.export itself produces such attributes; the warnings are harmless
+# and gone by torch 2.13.
+_FX_CONSTANT_NOISE = (
     r"Attempted to insert a get_attr Node with no underlying reference in the owning GraphModule",
     r"Node \S+ target \S+ \S+ of \S* does not reference an nn\.Module, nn\.Parameter, or buffer",
 )
+
+
+@contextlib.contextmanager
+def expected_fx_constant_warnings() -> Iterator[None]:
+    """Silence torch 2.6's get_attr-on-a-plain-tensor warnings (wrap ``graph.lint()`` in it)."""
+    with warnings.catch_warnings():
+        for pattern in _FX_CONSTANT_NOISE:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        yield
 
 
 def export_module(
@@ -112,7 +123,5 @@ def export_module(
     """
     kwargs.setdefault("strict", False)
     program = torch.export.export(model, example_inputs, **kwargs)  # type: ignore[arg-type]
-    with warnings.catch_warnings():
-        for pattern in _UNLIFT_NOISE:
-            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+    with expected_fx_constant_warnings():
         return program.module()  # type: ignore[return-value]
