@@ -13,7 +13,7 @@ torch.ao's quantized convolutions).
 ``[B, C, *spatial]`` (batched; rank 3/4/5 for Conv1d/2d/3d), uint8 or int8.
 """
 
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,14 +28,11 @@ from harness.quant.nn.linear import (
     unwrap_fused,
 )
 
-IntOrTuple = Union[int, tuple[int, ...], list[int]]
+IntOrTuple = int | tuple[int, ...] | list[int]
 
 
 def _ntuple(value: IntOrTuple, n: int, name: str) -> list[int]:
-    if isinstance(value, int):
-        out = [value] * n
-    else:
-        out = [int(v) for v in value]
+    out = [value] * n if isinstance(value, int) else [int(v) for v in value]
     if len(out) != n:
         raise ValueError(f"{name}: expected {n} values, got {value!r}")
     return out
