@@ -692,11 +692,23 @@ class HistogramObserver(UniformQuantizationObserverBase):
 
     # ---- recording ---------------------------------------------------------------------
 
+    def _is_wide(self, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        """True when ``hi - lo`` overflows float32 (finite values near +-3.4e38, e.g. attention
+        masks): the histogram math then runs in double instead of producing inf/nan."""
+        return not bool(torch.isfinite(hi.to(torch.float32) - lo.to(torch.float32)))
+
+    def _histc(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        if self._is_wide(lo, hi):
+            x = x.to(torch.float64)
+        elif x.dtype != torch.float32 and x.dtype != torch.float64:
+            x = x.to(torch.float32)  # histc has no half / bfloat16 CPU kernel
+        hist = torch.histc(x, self.bins, min=float(lo), max=float(hi))
+        return hist.to(device=self.histogram.device, dtype=self.histogram.dtype)
+
     def _reset_histogram(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> None:
         self.min_val.copy_(x_min)
         self.max_val.copy_(x_max)
-        hist = torch.histc(x, self.bins, min=float(x_min), max=float(x_max))
-        self.histogram.copy_(hist)
+        self.histogram.copy_(self._histc(x, x_min, x_max))
 
     def _upscale_histogram(
         self,
@@ -710,7 +722,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         ``[update_min, update_max]``, spreading each bin's mass uniformly inside it."""
         bins = self.bins
         rate = self.upsample_rate
-        if bins * rate <= self.max_upsampled_bins:
+        if bins * rate <= self.max_upsampled_bins and not self._is_wide(orig_min, update_max):
             sub = histogram.repeat_interleave(rate) / rate
             sub_width = (orig_max - orig_min) / (bins * rate)
             sub_centres = (
@@ -754,9 +766,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
             return x_orig
         new_min = torch.minimum(cur_min, x_min)
         new_max = torch.maximum(cur_max, x_max)
-        update = torch.histc(x, self.bins, min=float(new_min), max=float(new_max)).to(
-            self.histogram.device
-        )
+        update = self._histc(x, new_min, new_max)
         if bool(new_min == cur_min) and bool(new_max == cur_max):
             self.histogram.copy_(self.histogram + update)
         else:
@@ -784,7 +794,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if dst_width == 0.0:
             return 0.0
         device = self.histogram.device
-        src = torch.arange(self.bins, device=device)
+        # float32 as torch.ao (bit-identical results); double for ranges wider than float32
+        dt = torch.float64 if self._is_wide(self.min_val, self.max_val) else torch.float32
+        src = torch.arange(self.bins, device=device, dtype=dt)
         src_begin = (src - next_start_bin) * bin_width
         src_end = src_begin + bin_width
         last = self.dst_nbins - 1
@@ -795,16 +807,16 @@ class HistogramObserver(UniformQuantizationObserverBase):
         # piece 1: from the source bin's start to the end of its destination bin
         first = self._l2_norm(
             src_begin - (dst_of_begin + 0.5) * dst_width,
-            torch.ones(self.bins, device=device) * half,
+            torch.ones(self.bins, device=device, dtype=dt) * half,
             density,
         )
         # pieces 2: destination bins wholly covered by the source bin
         whole = (dst_of_end - dst_of_begin - 1) * self._l2_norm(
-            torch.tensor(-half), torch.tensor(half), density
+            torch.tensor(-half, dtype=dt), torch.tensor(half, dtype=dt), density
         )
         # piece 3: from the start of the last destination bin to the source bin's end
         end_centre = dst_of_end * dst_width + half
-        final = self._l2_norm(torch.tensor(-half), src_end - end_centre, density)
+        final = self._l2_norm(torch.tensor(-half, dtype=dt), src_end - end_centre, density)
         return (first + whole + final).sum().item()
 
     def _search_bins(self) -> tuple[int, int]:
@@ -893,10 +905,13 @@ class HistogramObserver(UniformQuantizationObserverBase):
             start_bin, end_bin = self._search_bins()
         else:
             start_bin, end_bin = self._search_bins_eager()
-        bin_width = (self.max_val - self.min_val) / self.bins
-        new_min = self.min_val + bin_width * start_bin
-        new_max = self.min_val + bin_width * (end_bin + 1)
-        return new_min, new_max
+        lo, hi = self.min_val, self.max_val
+        if self._is_wide(lo, hi):
+            lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+        bin_width = (hi - lo) / self.bins
+        new_min = lo + bin_width * start_bin
+        new_max = lo + bin_width * (end_bin + 1)
+        return new_min.to(torch.float32), new_max.to(torch.float32)
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -209,6 +209,19 @@ def symmetric_zero_point(
     return 0
 
 
+def _range_over_steps(lo: torch.Tensor, hi: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(hi - lo) / steps`` in float32, as torch.ao computes it; where ``hi - lo`` overflows
+    float32 (a finite range wider than ~3.4e38, e.g. +-3e38 mask values) the quotient is taken
+    in double and saturated at the float32 maximum instead of becoming ``inf``."""
+    scale = (hi - lo) / float(steps)
+    overflow = torch.isinf(scale) & torch.isfinite(lo) & torch.isfinite(hi)
+    if bool(overflow.any()):
+        wide = (hi.to(torch.float64) - lo.to(torch.float64)) / float(steps)
+        wide = torch.clamp(wide, max=3.4028234663852886e38).to(torch.float32)
+        scale = torch.where(overflow, wide, scale)
+    return scale
+
+
 def _choose_qparams(
     min_val: torch.Tensor,
     max_val: torch.Tensor,
@@ -239,11 +252,11 @@ def _choose_qparams(
         scale = torch.maximum(bound / (float(quant_max - quant_min) / 2), eps)
         zero_point = torch.full(lo.shape, sym_zero_point, dtype=torch.int64, device=device)
     elif mode == 2:
-        scale = (max_val - min_val) / float(quant_max - quant_min)
+        scale = _range_over_steps(min_val, max_val, quant_max - quant_min)
         scale = torch.where(scale > eps, scale, torch.ones_like(scale))
         zero_point = -1 * min_val / scale
     else:
-        scale = torch.maximum((hi - lo) / float(quant_max - quant_min), eps)
+        scale = torch.maximum(_range_over_steps(lo, hi, quant_max - quant_min), eps)
         # int32, like torch.ao, so qparams compare equal dtype-for-dtype.
         zero_point = quant_min - torch.round(lo / scale).to(torch.int32)
         zero_point = torch.clamp(zero_point, quant_min, quant_max)

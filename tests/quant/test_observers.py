@@ -377,6 +377,39 @@ def test_histogram_observer_handles_values_close_to_float_max(sign):
     torch.testing.assert_close(torch.softmax(x + dq, dim=1), ref)
 
 
+def test_min_max_observer_range_wider_than_float32_gives_a_finite_scale():
+    # max - min = 6e38 overflows float32; torch.ao would return scale inf (and nan outputs)
+    obs = MinMaxObserver()
+    x = torch.tensor([-3e38, 0.0, 3e38])
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    assert bool(torch.isfinite(scale).all())
+    x2 = P.dequantize(P.quantize(x, scale, zp, torch.uint8), scale, zp)
+    assert x2[1].item() == 0.0  # zero stays exactly representable
+    # rounding the zero point (127.5 -> 128) shifts the grid by half a step, so the ends are
+    # within one step, as for any affine range
+    assert bool(((x2 - x).abs() <= scale * (1 + 1e-6)).all())
+
+
+def test_histogram_observer_range_wider_than_float32_counts_everything():
+    obs = HistogramObserver()
+    x = torch.tensor([-3e38, 0.0, 1.0, 3e38])
+    obs(x)
+    obs(x * 0.5)  # same range after the first batch: merged, not re-binned
+    obs(x * 0.25)
+    assert obs.histogram.sum().item() == 12
+    scale, zp = obs.calculate_qparams()
+    assert bool(torch.isfinite(scale).all()) and 0 <= zp.item() <= 255
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_histogram_observer_accepts_half_precision_input(dtype):
+    obs = HistogramObserver()
+    obs(torch.randn(10).to(dtype))
+    obs((torch.randn(10) * 3).to(dtype))
+    assert obs.histogram.sum().item() == 20
+
+
 def test_histogram_observer_close_min_max_then_wider_input():
     # the first range is 1e-9 wide: re-binning it onto [0, 3] must not blow up memory/time
     obs = HistogramObserver.with_args(reduce_range=False)()
