@@ -149,12 +149,28 @@ class QuantizedModule(nn.Module):
     # zero points that are float (embeddings); all others are int64
     _float_zero_points = False
 
+    # every tensor the module may hold (absent ones are plain ``None`` attributes, not
+    # buffers, so that torch.export and state_dict never see a ``None`` buffer)
+    _tensor_names: tuple[str, ...] = ()
+
     engine: str
 
     def __init__(self, engine: str = "") -> None:
         super().__init__()
         self.engine = ""
         self.set_engine(engine)
+
+    def _set_tensor(self, name: str, value: torch.Tensor | None) -> None:
+        """Hold ``value`` as buffer ``name``; ``None`` removes the buffer (plain attribute)."""
+        if value is None:
+            self._buffers.pop(name, None)
+            self.__dict__[name] = None
+        else:
+            self.__dict__.pop(name, None)
+            if name in self._buffers:
+                self._buffers[name] = value
+            else:
+                self.register_buffer(name, value)
 
     def set_engine(self, engine: str) -> QuantizedModule:
         """Pin this module to ``engine`` (``""``: follow :func:`use_engine`). Returns self."""
@@ -228,10 +244,10 @@ class QuantizedModule(nn.Module):
                         state_dict[key] = state_dict[key].to(torch.int64)
         # Adopt the stored tensors as they are (shape and dtype): a module built with default
         # per-tensor qparams loads a per-channel state, a module without bias loads one with.
-        for name in list(self._buffers):
+        for name in self._tensor_names:
             key = prefix + name
             if key in state_dict and isinstance(state_dict[key], torch.Tensor):
-                self._buffers[name] = state_dict[key].detach().clone()
+                self._set_tensor(name, state_dict[key].detach().clone())
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -91,7 +91,7 @@ class StaticWeightModule(QuantizedModule):
         self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(1))
         self.register_buffer("weight_zero_point", torch.zeros(1, dtype=torch.int64))
-        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        self._set_tensor("bias", torch.zeros(out_channels) if bias else None)
         self.register_buffer("scale", torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
 
@@ -113,7 +113,7 @@ class StaticWeightModule(QuantizedModule):
         self.weight = weight.contiguous()
         self.weight_scale = torch.as_tensor(weight_scale, dtype=torch.float32).reshape(-1)
         self.weight_zero_point = torch.as_tensor(weight_zero_point).to(torch.int64).reshape(-1)
-        self.bias = None if bias is None else bias.detach().to(torch.float32).clone()
+        self._set_tensor("bias", None if bias is None else bias.detach().float().clone())
         self._check_state()
 
     def set_output_qparams(self, scale: Any, zero_point: Any) -> None:
