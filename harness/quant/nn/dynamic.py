@@ -361,7 +361,7 @@ class LSTM(QuantizedModule):
                 out = torch.cat([pending, out], 2)
             if d == self.num_directions - 1:
                 layer_input = out
-            k += 1
+            k += 1  # noqa: SIM113 (a counter keeps the ModuleList loop simple for TorchScript)
         output = layer_input.transpose(0, 1) if self.batch_first else layer_input
         return output, (torch.stack(h_n, 0), torch.stack(c_n, 0))
 
