@@ -4,6 +4,7 @@ from harness.quant.nn import dynamic
 from harness.quant.nn.conv import Conv1d, Conv2d, Conv3d, ConvReLU2d, ConvReLU3d
 from harness.quant.nn.dynamic import LSTM
 from harness.quant.nn.dynamic import Linear as DynamicLinear
+from harness.quant.nn.embedding import Embedding, EmbeddingBag
 from harness.quant.nn.linear import Linear, LinearReLU
 from harness.quant.nn.stubs import DeQuantize, Quantize
 
@@ -16,6 +17,8 @@ __all__ = [
     "ConvReLU3d",
     "DeQuantize",
     "DynamicLinear",
+    "Embedding",
+    "EmbeddingBag",
     "Linear",
     "LinearReLU",
     "Quantize",
