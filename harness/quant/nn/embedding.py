@@ -301,7 +301,7 @@ class EmbeddingBag(_EmbeddingBase):
                 if self.mode != "sum" or self.padding_idx >= 0:
                     raise ValueError(
                         f"mode: torch's {engine} row-wise kernel computes only 'sum' without "
-                        f"padding_idx (got mode={self.mode!r}); use reference or int_mm"
+                        f"padding_idx (got mode='{self.mode}'); use reference or int_mm"
                     )
                 psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
                 return self._native_bag(engine, flat, starts, _MODES[self.mode], psw, include_last)
