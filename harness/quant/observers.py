@@ -41,6 +41,7 @@ __all__ = [
     "PlaceholderObserver",
     "RecordingObserver",
     "UniformQuantizationObserverBase",
+    "load_observer_state_dict",
 ]
 
 
@@ -960,3 +961,26 @@ class HistogramObserver(UniformQuantizationObserverBase):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+# Buffers whose shape follows the data (per-channel statistics and qparams).
+_RESIZABLE_BUFFERS = ("min_val", "max_val", "scale", "zero_point")
+
+
+def load_observer_state_dict(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True
+) -> None:
+    """``module.load_state_dict(state_dict)`` that also works for *scripted* models whose
+    per-channel observer / fake-quant buffers have not taken their channel count yet.
+
+    Eager modules resize those buffers in their own ``_load_from_state_dict``; TorchScript
+    modules bypass it, so here every ``min_val``/``max_val``/``scale``/``zero_point`` buffer whose
+    shape differs from the stored one is resized in place first (keeping its device).
+    """
+    buffers = dict(module.named_buffers())
+    for key, value in state_dict.items():
+        name = key.rsplit(".", 1)[-1]
+        buf = buffers.get(key)
+        if name in _RESIZABLE_BUFFERS and buf is not None and buf.shape != value.shape:
+            buf.resize_(value.shape)
+    module.load_state_dict(state_dict, strict=strict)

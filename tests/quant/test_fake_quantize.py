@@ -21,6 +21,7 @@ from harness.quant.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
+    load_observer_state_dict,
 )
 from harness.quant.qconfig import (
     default_fixed_qparams_range_0to1_fake_quant,
@@ -98,6 +99,17 @@ def test_per_channel_fake_quant_state_dict_loads_into_a_fresh_module():
     fresh.disable_observer()
     assert fresh.scale.shape == (4,)
     assert torch.equal(fresh(x), y)
+
+
+def test_scripted_per_channel_fake_quant_loads_qparams_of_another_channel_count():
+    source = _script(FakeQuantize(MovingAveragePerChannelMinMaxObserver))
+    x = torch.randn(5, 3)
+    y = source(x)
+    target = _script(FakeQuantize(MovingAveragePerChannelMinMaxObserver))
+    load_observer_state_dict(target, source.state_dict())
+    target.disable_observer()
+    assert target.scale.shape == (5,)
+    assert torch.equal(target(x), y)
 
 
 def test_quant_min_max_override():

@@ -23,6 +23,7 @@ from harness.quant.observers import (
     PerChannelMinMaxObserver,
     PlaceholderObserver,
     RecordingObserver,
+    load_observer_state_dict,
 )
 from harness.quant.qconfig import default_histogram_observer
 
@@ -129,6 +130,21 @@ def test_scripted_observer_state_dict_loads_into_another_scripted_observer(cls):
     second.load_state_dict(first.state_dict())
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("cls", [PerChannelMinMaxObserver, MovingAveragePerChannelMinMaxObserver])
+def test_scripted_per_channel_observer_loads_statistics_with_load_observer_state_dict(cls):
+    # TorchScript bypasses the eager resize in _load_from_state_dict (torch.ao has the same
+    # limit and the same kind of helper); the helper resizes the empty buffers first
+    observed = _script(cls())
+    observed(torch.randn(4, 3))
+    fresh = _script(cls())
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fresh.load_state_dict(observed.state_dict())
+    load_observer_state_dict(fresh, observed.state_dict())
+    assert torch.equal(fresh.min_val, observed.min_val)
+    for a, b in zip(fresh.calculate_qparams(), observed.calculate_qparams(), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(
