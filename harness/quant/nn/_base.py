@@ -216,7 +216,8 @@ class QuantizedModule(nn.Module):
         key: list[Any] = []
         for n in names:
             t = getattr(self, n)
-            key.append(None if t is None else (id(t), t._version))
+            # inference tensors cannot be modified in place, so they carry no version counter
+            key.append(None if t is None else (id(t), 0 if t.is_inference() else t._version))
         return tuple(key)
 
     def _load_from_state_dict(
