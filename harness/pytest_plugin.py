@@ -52,6 +52,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         entry = known_break(item, breaks)
         if entry is not None:
             marks.append(pytest.mark.xfail(strict=True, reason=f"known break: {entry.reason}"))
+        # With `--dist loadgroup`, all formats of one golden run on one worker, which then builds
+        # today's version of that case once.
+        marks.append(pytest.mark.xdist_group(item.golden.id))
         params.append(pytest.param(item, id=item.id, marks=marks))
     metafunc.parametrize("qbc_check", params)
 

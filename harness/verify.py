@@ -157,11 +157,12 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
         inputs = today.inputs
         if fmt.role == "graph":
             stored = path.read_text()
-            if today.signature != stored:
+            today_sig = today.get("signature")
+            if today_sig != stored:
                 diff = "".join(
                     difflib.unified_diff(
                         stored.splitlines(True),
-                        (today.signature or "").splitlines(True),
+                        (today_sig or "").splitlines(True),
                         "golden",
                         "today",
                     )
@@ -211,11 +212,26 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
         return verdict
 
 
-def test_golden(qbc_check: CheckItem, qbc_policy: Policy) -> None:
+def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
+    """Drift numbers of a passing check, for reports: worst leaf's error and SQNR."""
+    if verdict is None or not verdict.stats:
+        return {}
+    worst = max(verdict.stats, key=lambda s: s.max_steps)
+    return {
+        "max_steps": worst.max_steps,
+        "mismatched": sum(s.mismatched for s in verdict.stats),
+        "min_sqnr_db": min(s.sqnr_db for s in verdict.stats),
+    }
+
+
+def test_golden(
+    qbc_check: CheckItem, qbc_policy: Policy, record_property: Callable[[str, Any], None]
+) -> None:
     """One golden format: it loads today and reproduces the stored outputs (see module doc)."""
     import pytest
 
     try:
-        run_check(qbc_check, qbc_policy)
+        verdict = run_check(qbc_check, qbc_policy)
     except GoldenSkip as exc:
         pytest.skip(str(exc))
+    record_property("qbc_drift", verdict_record(verdict))

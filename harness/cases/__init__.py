@@ -61,8 +61,20 @@ class Built:
     float_model: Any = None
     package_interns: tuple[str, ...] = ()
     transform: Callable[[Any, tuple[Any, ...]], Any] | None = None
-    signature: str | None = None
+    signature: str | Callable[[], str] | None = None
     intermediates: dict[str, Any] | None = None
+
+    def get(self, name: str) -> Any:
+        """Field ``name``, computing it first if the builder left a zero-argument callable.
+
+        Builders pass expensive artifacts (scripting, tracing, signatures) lazily so the runner,
+        which mostly needs ``expected`` and ``fresh``, does not pay for them on every golden.
+        """
+        value = getattr(self, name)
+        if callable(value) and not isinstance(value, (torch.nn.Module, torch.jit.ScriptModule)):
+            value = value()
+            setattr(self, name, value)
+        return value
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,15 @@ def _ts(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
         return torch.jit.script(model), torch.jit.trace(model, inputs)
 
 
+def _eager_built(qm: nn.Module, xs: tuple[Any, ...], fresh: Callable[[], nn.Module]) -> Built:
+    """Built of an eager quantized module; TorchScript copies and signature made on demand."""
+    built = Built(model=qm, inputs=xs, expected=qm(*xs), fresh=fresh)
+    built.scripted = lambda: _ts(qm, xs)[0]
+    built.traced = lambda: _ts(qm, xs)[1]
+    built.signature = lambda: signature(built.get("scripted"))
+    return built
+
+
 def static_module(
     float_factory: Callable[[], nn.Module],
     qcls: Callable[[], Any],
@@ -115,16 +124,7 @@ def static_module(
         fm.activation_post_process = qconfig.activation()
         fm.activation_post_process(fm(xs[0].dequantize()))
         qm = qcls.from_float(fm)
-        scripted, traced = _ts(qm, xs)
-        return Built(
-            model=qm,
-            inputs=xs,
-            expected=qm(*xs),
-            fresh=fresh,
-            scripted=scripted,
-            traced=traced,
-            signature=signature(scripted),
-        )
+        return _eager_built(qm, xs, fresh)
 
     build.__qualname__ = f"static_module[{qcls.__name__}]"
     return build
@@ -146,16 +146,7 @@ def dynamic_module(
             sub.qconfig = qconfig()
         qm = wrap(qcls.from_float(fm))
         xs = ctx.make_inputs()
-        scripted, traced = _ts(qm, xs)
-        return Built(
-            model=qm,
-            inputs=xs,
-            expected=qm(*xs),
-            fresh=fresh,
-            scripted=scripted,
-            traced=traced,
-            signature=signature(scripted),
-        )
+        return _eager_built(qm, xs, fresh)
 
     build.__qualname__ = f"dynamic_module[{qcls.__name__}]"
     return build

@@ -133,9 +133,9 @@ def section(text: str, name: str) -> list[str]:
 
 
 def _write_graph(b: Any, path: Any) -> None:
-    if b.signature is None:
+    if b.get("signature") is None:
         raise ValueError("case built no graph signature")
-    path.write_text(b.signature)
+    path.write_text(b.get("signature"))
 
 
 def _register() -> None:

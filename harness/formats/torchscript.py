@@ -16,7 +16,7 @@ from harness.formats import Format, LoadContext, register
 
 def _saver(attr: str) -> Any:
     def write(b: Built, path: Path) -> None:
-        module = getattr(b, attr)
+        module = b.get(attr)
         if module is None:
             raise ValueError(f"case built no {attr} module")
         torch.jit.save(module, str(path))

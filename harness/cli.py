@@ -1,0 +1,251 @@
+"""``qbc`` command line: cases, engines, generate, verify, report, diff.
+
+    qbc cases [--subject S]
+    qbc engines [--subject S]
+    qbc generate [--subject S] [--case GLOB] [--engine E ...] [--out golden/]
+    qbc verify [--store golden/] [-k EXPR] [-n N] [--json PATH]   # the main job
+    qbc report --format md|html|json [--store golden/] [--results PATH] [-o FILE]
+    qbc diff GOLDEN_A GOLDEN_B
+
+``verify`` runs the pytest runner (harness/verify.py with the qbc plugin) over the store,
+prints the compatibility matrix and exits nonzero on any regression (a failed check, or an
+unexpected pass of a known break).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _subjects(args: argparse.Namespace) -> list[str]:
+    from harness.subjects import get_subject, subject_names
+
+    if getattr(args, "subject", None):
+        get_subject(args.subject)  # raises UnknownName naming it
+        return [args.subject]
+    return subject_names()
+
+
+def cmd_cases(args: argparse.Namespace) -> int:
+    from harness.subjects import get_subject
+
+    for name in _subjects(args):
+        subject = get_subject(name)
+        for case in subject.cases():
+            engines = ",".join(case.engines or subject.engines())
+            print(f"{name}/{case.name}\tengines={engines}\tformats={','.join(case.formats)}")
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    from harness.subjects import get_subject
+
+    for name in _subjects(args):
+        subject = get_subject(name)
+        for engine in subject.engines():
+            reason = subject.unavailable_reason(engine)
+            print(f"{name}/{engine}\t{'available' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from harness.generate import generate
+
+    result = generate(
+        Path(args.out),
+        subjects=_subjects(args),
+        case_glob=args.case,
+        engines=args.engine,
+        command=" ".join(["qbc", *sys.argv[1:]]),
+        progress=True,
+    )
+    for gid, reason in result.skipped:
+        print(f"skipped {gid}: {reason}")
+    print(
+        f"wrote {len(result.written)} goldens into {', '.join(map(str, result.producer_dirs)) or '(nothing)'}"
+    )
+    return 0
+
+
+class _Progress:
+    """pytest plugin object: a tqdm bar over the checks (works with and without xdist)."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc="verify", unit="check", file=sys.stderr)
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.bar.total = len(session.items)
+        self.bar.refresh()
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.bar.total = len(ids)
+        self.bar.refresh()
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            self.bar.update(1)
+
+    def pytest_sessionfinish(self, session: Any) -> None:
+        self.bar.close()
+
+
+def run_verify(
+    store: Path, expr: str | None, workers: str, results: Path, progress: bool = True
+) -> int:
+    """Run the pytest runner over ``store``; outcomes land in ``results`` (JSON)."""
+    import pytest
+
+    import harness.verify
+
+    args = [
+        harness.verify.__file__,
+        "--qbc-store",
+        str(store),
+        "--qbc-results",
+        str(results),
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "-qq",
+        "--tb=no",
+        "--no-header",
+    ]
+    if workers not in ("0", ""):
+        args += ["-n", workers, "--dist", "loadgroup"]
+    if expr:
+        args += ["-k", expr]
+    plugins = [_Progress()] if progress else []
+    with open(os.devnull, "w") as devnull:
+        stdout = sys.stdout
+        sys.stdout = devnull  # pytest's own dots; the matrix below is the output
+        try:
+            code = pytest.main(args, plugins=plugins)
+        finally:
+            sys.stdout = stdout
+    return int(code)
+
+
+def _load_rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.report import matrix as build_matrix
+    from harness.report import render_text
+
+    store = Path(args.store)
+    if not store.is_dir():
+        print(f"qbc verify: no golden store at {store}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(args.json) if args.json else Path(tmp) / "results.json"
+        code = run_verify(store, args.k, args.n, results)
+        rows = _load_rows(results)
+    print(render_text(build_matrix(rows)))
+    bad = [r for r in rows if r["outcome"] in ("failed", "xpass")]
+    for r in bad:
+        print(f"\n{r['outcome'].upper()} {r['id']}\n{r['message']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    print("\n" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no checks")
+    if code == 5 and not rows:  # nothing collected
+        return 0 if args.k else 1
+    return 1 if bad or code not in (0, 5) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import render
+
+    store = Path(args.store)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.results:
+            rows = _load_rows(Path(args.results))
+        else:
+            results = Path(tmp) / "results.json"
+            run_verify(store, None, args.n, results)
+            rows = _load_rows(results)
+    text = render(args.format, rows, store)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from harness.diff import diff_goldens
+
+    report, same = diff_goldens(Path(args.a), Path(args.b))
+    print(report)
+    return 0 if same else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qbc", description="backward-compatibility harness for quantized PyTorch models"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("cases", help="list the case catalogue")
+    s.add_argument("--subject")
+    s.set_defaults(func=cmd_cases)
+
+    s = sub.add_parser("engines", help="list engines and whether they run here")
+    s.add_argument("--subject")
+    s.set_defaults(func=cmd_engines)
+
+    s = sub.add_parser("generate", help="write the current producer's goldens")
+    s.add_argument("--subject")
+    s.add_argument("--case", help="glob over case names")
+    s.add_argument("--engine", action="append", help="engine (repeatable)")
+    s.add_argument("--out", default="golden", help="store root (default: golden)")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("verify", help="verify the store; print the compatibility matrix")
+    s.add_argument("--store", default="golden")
+    s.add_argument("-k", help="pytest -k expression over check ids")
+    s.add_argument("-n", default="auto", help="xdist workers (0: in process; default auto)")
+    s.add_argument("--json", help="also write every check's outcome here")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("report", help="matrix, drift and coverage report")
+    s.add_argument("--format", choices=["md", "html", "json"], default="md")
+    s.add_argument("--store", default="golden")
+    s.add_argument("--results", help="outcomes JSON from `qbc verify --json` (default: run verify)")
+    s.add_argument("-n", default="auto")
+    s.add_argument("-o", "--output")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("diff", help="compare two golden folders")
+    s.add_argument("a", metavar="GOLDEN_A")
+    s.add_argument("b", metavar="GOLDEN_B")
+    s.set_defaults(func=cmd_diff)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.subjects import UnknownName
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UnknownName as exc:
+        print(f"qbc: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown case glob etc.
+        print(f"qbc: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
