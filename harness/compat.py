@@ -17,6 +17,15 @@ from collections.abc import Iterator
 
 import torch
 
+# torch 2.6 warns when an fx graph reads a plain tensor attribute (neither parameter nor buffer)
+# with get_attr: once while ExportedProgram.module() unlifts such a constant, and on every
+# Graph.lint() afterwards. torch.export itself produces such attributes; the warnings are harmless
+# and gone by torch 2.13.
+_FX_CONSTANT_NOISE = (
+    r"Attempted to insert a get_attr Node with no underlying reference in the owning GraphModule",
+    r"Node \S+ target \S+ \S+ of \S* does not reference an nn\.Module, nn\.Parameter, or buffer",
+)
+
 # Messages torch emits for features it is deprecating. Each pattern is anchored on torch's wording
 # so that an unrelated warning with the same category still surfaces.
 TORCH_DEPRECATION_PATTERNS: tuple[tuple[str, type[Warning]], ...] = (
@@ -32,6 +41,8 @@ TORCH_DEPRECATION_PATTERNS: tuple[tuple[str, type[Warning]], ...] = (
     (r"The given NumPy array is not writable", UserWarning),
     # copy.deepcopy of an exported GraphModule / ExportedProgram (its pytree specs) on torch 2.13.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # torch 2.6's fx passes (e.g. torch.ao's convert_fx lowering) lint graphs with packed weights.
+    *((pattern, UserWarning) for pattern in _FX_CONSTANT_NOISE),
 )
 
 
@@ -91,16 +102,6 @@ class FeatureUnavailable(RuntimeError):
             msg += f": {detail}"
         super().__init__(msg)
         self.feature = feature
-
-
-# torch 2.6 warns when an fx graph reads a plain tensor attribute (neither parameter nor buffer)
-# with get_attr: once while ExportedProgram.module() unlifts such a constant, and on every
-# Graph.lint() afterwards. torch.export itself produces such attributes; the warnings are harmless
-# and gone by torch 2.13.
-_FX_CONSTANT_NOISE = (
-    r"Attempted to insert a get_attr Node with no underlying reference in the owning GraphModule",
-    r"Node \S+ target \S+ \S+ of \S* does not reference an nn\.Module, nn\.Parameter, or buffer",
-)
 
 
 @contextlib.contextmanager
