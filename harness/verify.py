@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import integrity, isolation
 from harness import manifest as mf
 from harness.cases import BuildContext, Built, get_case
 from harness.formats import LoadContext, get_format
@@ -60,7 +61,12 @@ class CheckItem:
 
 def collect(store: Path) -> list[CheckItem]:
     """Every (golden, format) check of the store, in id order."""
-    return [CheckItem(g, f) for g in iter_goldens(store) for f in sorted(g.formats)]
+    # A golden whose manifest is unusable still gets one (failing) check: harness.integrity.
+    return [
+        CheckItem(g, f)
+        for g in iter_goldens(store)
+        for f in (sorted(g.formats) or [integrity.MANIFEST_CHECK])
+    ]
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
@@ -132,6 +138,7 @@ def first_divergence(item: CheckItem, today: Built) -> str | None:
     return hook(stored, {str(k): v for k, v in today.intermediates.items()})
 
 
+@integrity.guarded  # unknown names, broken manifests, corrupt data: that golden's failure
 def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
     """Run one check; raises GoldenFailure (with statistics) or GoldenSkip; returns the verdict."""
     import torch
@@ -188,7 +195,8 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                 ctx = LoadContext(
                     inputs, today, g.engine, weights_only=item.fmt not in case.trusted_load
                 )
-                actual = fmt.read(path, ctx)
+                # In a child process: a native crash or hang fails this golden, not the run.
+                actual = isolation.load(fmt, path, ctx, item)
                 if item.fmt == "package":
                     stored_attrs = (
                         section(g.path("graph").read_text(), "get_attr")

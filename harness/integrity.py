@@ -1,0 +1,368 @@
+"""Integrity of the golden store: nothing from a golden is loaded before it is proven intact.
+
+Goldens come from other torch versions, other machines and other people, so the runner treats
+every byte of the store as hostile until checked. This module holds those checks; the store and
+the runner call them (``harness.store.iter_goldens`` / ``Golden.path``, ``harness.verify``).
+
+Manifest (``golden/<subject>/<producer>/<engine>/<case>/manifest.json``):
+
+- at most :data:`MAX_MANIFEST_BYTES`, a regular file reached without symlinks, valid JSON;
+- ``schema`` is an int equal to :data:`harness.manifest.SCHEMA_VERSION`; a larger one means the
+  golden was written by a newer qbc ("upgrade qbc", naming the file and both versions);
+- ``subject`` / ``engine`` / ``case`` / ``producer.id`` agree with the folder the manifest lies
+  in (a manifest moved or swapped between goldens is caught here);
+- ``files`` maps each format to ``{"path", "sha256", "size"}``: a relative path without ``..``,
+  64 lowercase hex digits, an int in [0, :data:`MAX_FILE_BYTES`].
+
+A problem with the manifest does not stop the run: the golden gets ``Golden.problem`` and one
+check named :data:`MANIFEST_CHECK` that fails with the message.
+
+File (:func:`verified_path`, before any load): a regular file (no symlink anywhere below the
+store root, no FIFO or device), inside its producer folder, of the recorded size (compared
+before hashing, so a huge file is never read), with the recorded sha256; if it is a zip archive
+(torch.save, TorchScript, torch.export and torch.package files are), its central directory is
+inspected (:func:`inspect_zip`) so an archive that would decompress to gigabytes, hold more than
+:data:`MAX_ZIP_ENTRIES` entries or name paths outside itself is refused without being opened by
+a loader.
+
+Every limit can be raised through the environment (``QBC_MAX_FILE_BYTES``,
+``QBC_MAX_UNPACKED_BYTES``) for stores that legitimately hold bigger models.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from harness.store import Golden
+    from harness.verify import CheckItem
+
+#: name of the single check a golden with an unusable manifest gets
+MANIFEST_CHECK = "manifest"
+
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_FILE_BYTES = int(os.environ.get("QBC_MAX_FILE_BYTES", 256 << 20))
+MAX_UNPACKED_BYTES = int(os.environ.get("QBC_MAX_UNPACKED_BYTES", 512 << 20))
+MAX_ZIP_ENTRIES = 10_000
+# Deflate cannot compress better than ~1032:1; a legitimate archive of tensors and TorchScript
+# code stays far below. An entry claiming more than this ratio (plus slack for tiny entries) is a
+# forged header or a bomb.
+MAX_DEFLATE_RATIO = 1032
+_RATIO_SLACK = 64 << 10
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class ManifestProblem(ValueError):
+    """A manifest this qbc cannot trust or read; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# paths
+
+
+def _no_symlinks(root: Path, path: Path) -> None:
+    """Raise ManifestProblem/OSError-free ValueError if any component of ``path`` below ``root``
+    is a symlink (the store root itself may be one, e.g. a checkout on another disk)."""
+    rel = path.relative_to(root)
+    cur = root
+    for part in rel.parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise ValueError(
+                f"{cur} is a symlink (to {os.readlink(cur)}); golden files must be regular "
+                "files inside the store"
+            )
+
+
+def _safe_relpath(rel: Any) -> PurePosixPath:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise ValueError(f"path {rel!r} is not a relative POSIX path")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or rel != str(p):
+        raise ValueError(f"path {rel!r} must stay inside the producer folder (no '/', '..')")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+
+def load_manifest(path: Path, store: Path, expect: dict[str, str]) -> dict[str, Any]:
+    """The manifest at ``path`` after every check in the module docstring; else ManifestProblem.
+
+    ``expect`` holds the ``subject``, ``producer``, ``engine`` and ``case`` the folder says.
+    """
+    from harness.manifest import SCHEMA_VERSION
+
+    try:
+        _no_symlinks(Path(store), path)
+        st = path.lstat()
+    except FileNotFoundError:
+        raise ManifestProblem(
+            f"{path} is missing: a golden folder must hold its manifest.json"
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise ManifestProblem(f"manifest {path}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestProblem(f"manifest {path} is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ManifestProblem(
+            f"manifest {path} is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"
+        )
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestProblem(f"manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestProblem(f"manifest {path} is a JSON {type(data).__name__}, not an object")
+
+    schema = data.get("schema")
+    if type(schema) is not int:  # bool is an int subclass: refuse it too
+        raise ManifestProblem(
+            f"manifest {path}: golden schema {schema!r} is not a schema version "
+            f"(this qbc reads schema {SCHEMA_VERSION})"
+        )
+    if schema > SCHEMA_VERSION:
+        raise ManifestProblem(
+            f"manifest {path} has golden schema {schema}, newer than this qbc understands "
+            f"(it reads schema {SCHEMA_VERSION}): upgrade qbc to verify this golden"
+        )
+    if schema != SCHEMA_VERSION:
+        raise ManifestProblem(
+            f"manifest {path} has golden schema {schema}; this qbc reads schema {SCHEMA_VERSION} "
+            "and has no reader for older schemas"
+        )
+
+    for key in ("subject", "engine", "case"):
+        if data.get(key) != expect[key]:
+            raise ManifestProblem(
+                f"manifest {path} says {key} {data.get(key)!r} but lies in the folder of "
+                f"{key} {expect[key]!r} (moved or swapped between goldens?)"
+            )
+    producer = data.get("producer")
+    pid = producer.get("id") if isinstance(producer, dict) else None
+    if pid != expect["producer"]:
+        raise ManifestProblem(
+            f"manifest {path} says producer {pid!r} but lies in producer folder "
+            f"{expect['producer']!r}"
+        )
+
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ManifestProblem(f"manifest {path}: 'files' must be a non-empty object")
+    for fmt, entry in files.items():
+        try:
+            _check_entry(entry)
+        except ValueError as exc:
+            raise ManifestProblem(f"manifest {path}: file entry {fmt!r}: {exc}") from None
+    return data
+
+
+def _check_entry(entry: Any) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"is a {type(entry).__name__}, not an object")
+    _safe_relpath(entry.get("path"))
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        raise ValueError(f"sha256 {digest!r} is not 64 lowercase hex digits")
+    size = entry.get("size")
+    if type(size) is not int or size < 0:
+        raise ValueError(f"size {size!r} is not a byte count")
+    if size > MAX_FILE_BYTES:
+        raise ValueError(
+            f"declared size {size} bytes is over the {MAX_FILE_BYTES}-byte limit "
+            "(raise QBC_MAX_FILE_BYTES if this store really holds such files)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def _sha256_regular(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    # O_NOFOLLOW | O_NONBLOCK: even if the file were swapped for a symlink or FIFO after lstat,
+    # opening it neither follows the link nor blocks.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        remaining = size
+        while remaining > 0:
+            chunk = f.read(min(1 << 20, remaining))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
+
+
+def verified_path(golden: Golden, fmt: str) -> Path:
+    """The file of ``fmt`` in ``golden`` once it is proven intact (module docstring); else
+    :class:`harness.store.IntegrityError` naming the golden, the file, and the expected and actual
+    hash (or what else is wrong)."""
+    from harness.store import IntegrityError
+
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"golden {golden.id}: {fmt} file {msg}")
+
+    entry = golden.manifest["files"].get(fmt)
+    if entry is None:
+        raise KeyError(f"golden {golden.id} has no {fmt!r} file")
+    try:
+        _check_entry(entry)
+        rel = _safe_relpath(entry["path"])
+    except ValueError as exc:
+        raise fail(f"entry is unusable: {exc}") from None
+    path = golden.producer_dir / rel
+    try:
+        _no_symlinks(golden.store, path)
+        st = path.lstat()
+    except FileNotFoundError:
+        raise fail(f"{path} is missing (manifest records sha256 {entry['sha256']})") from None
+    except (ValueError, OSError) as exc:
+        raise fail(f"{path}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise fail(f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})")
+    if st.st_size > MAX_FILE_BYTES:
+        raise fail(
+            f"{path} is {st.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit; not hashed "
+            f"(manifest records sha256 {entry['sha256']}, size {entry['size']})"
+        )
+    digest = _sha256_regular(path, st.st_size)
+    if st.st_size != entry["size"] or digest != entry["sha256"]:
+        raise fail(
+            f"{path} does not match its manifest: expected sha256 {entry['sha256']} "
+            f"(size {entry['size']}), actual sha256 {digest} (size {st.st_size})"
+        )
+    try:
+        inspect_zip(path)
+    except ValueError as exc:
+        raise fail(f"{path} is refused before loading: {exc}") from None
+    return path
+
+
+def inspect_zip(path: Path) -> None:
+    """Refuse (ValueError) a zip archive a loader should not open: see the module docstring.
+
+    Files that are not zip archives pass. torch.load only treats files starting with the local
+    header magic as archives; TorchScript's reader finds the central directory at the end, so
+    both signatures are looked for.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    starts_as_zip = head == _ZIP_MAGIC
+    if not starts_as_zip and not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        if starts_as_zip:
+            raise ValueError(f"corrupt zip archive ({exc})") from None
+        return  # e.g. a legacy pickle whose tensor bytes happen to contain "PK\x05\x06"
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise ValueError(f"zip archive has {len(infos)} entries (limit {MAX_ZIP_ENTRIES})")
+    file_size = path.stat().st_size
+    total = 0
+    for info in infos:
+        name = info.filename
+        if name.startswith("/") or ".." in PurePosixPath(name).parts or "\x00" in name:
+            raise ValueError(f"zip entry {name!r} names a path outside the archive")
+        if info.compress_size > file_size:
+            raise ValueError(
+                f"zip entry {name!r} claims {info.compress_size} compressed bytes in a "
+                f"{file_size}-byte file"
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise ValueError(
+                    f"stored zip entry {name!r} claims {info.file_size} bytes but holds "
+                    f"{info.compress_size}"
+                )
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + _RATIO_SLACK:
+                raise ValueError(
+                    f"zip entry {name!r} would inflate {info.compress_size} bytes to "
+                    f"{info.file_size} (ratio over {MAX_DEFLATE_RATIO}: a zip bomb)"
+                )
+        else:
+            raise ValueError(
+                f"zip entry {name!r} uses compression method {info.compress_type}, which torch "
+                "never writes"
+            )
+        total += info.file_size
+        if total > MAX_UNPACKED_BYTES:
+            raise ValueError(
+                f"zip archive would decompress to more than {MAX_UNPACKED_BYTES} bytes "
+                f"(entry {name!r} declares {info.file_size}); raise QBC_MAX_UNPACKED_BYTES "
+                "if this is a real model"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# the runner's guard
+
+
+def precheck(item: CheckItem) -> None:
+    """Fail (GoldenFailure) a check whose golden cannot even be interpreted by this qbc:
+    unusable manifest, or a subject, engine, case or format this qbc does not know."""
+    from harness.cases import get_case
+    from harness.formats import get_format
+    from harness.subjects import check_engine, get_subject
+    from harness.verify import _fail
+
+    g = item.golden
+    if g.problem is not None:
+        raise _fail(item, "unusable golden manifest", g.problem)
+    try:
+        subject = get_subject(g.subject)
+        check_engine(subject, g.engine)
+        get_case(g.subject, g.case)
+        get_format(item.fmt)
+    except KeyError as exc:
+        raise _fail(
+            item, "golden names something this qbc does not know", str(exc.args[0])
+        ) from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(check: F) -> F:
+    """Decorate the runner's per-check function so every problem is that golden's failure.
+
+    Runs :func:`precheck` first; then any exception other than the runner's own GoldenFailure /
+    GoldenSkip / IntegrityError (a corrupt file that torch, safetensors or the policy tripped
+    over) becomes a GoldenFailure naming the golden and format, with the original exception
+    chained so its traceback stays visible.
+    """
+
+    @functools.wraps(check)
+    def run(item: CheckItem, *args: Any, **kwargs: Any) -> Any:
+        from harness.store import IntegrityError
+        from harness.verify import GoldenFailure, GoldenSkip, _fail
+
+        precheck(item)
+        try:
+            return check(item, *args, **kwargs)
+        except (GoldenFailure, GoldenSkip, IntegrityError):
+            raise
+        except Exception as exc:
+            from harness.isolation import LoadError, describe
+
+            what, detail = describe(LoadError(type(exc).__name__, str(exc)))
+            if what == "could not load the golden file":
+                what = "check failed on the golden's data"
+            raise _fail(item, what, detail) from exc
+
+    return run  # type: ignore[return-value]

@@ -1,0 +1,178 @@
+"""Run a risky golden load in a child process, so a native crash or a hang is that golden's
+failure instead of the end of the run.
+
+TorchScript, torch.export and torch.load parse files in C++; a corrupt file can abort or
+segfault the process, and a hostile one can make a loader spin. :func:`load` forks the runner
+(cheap: the child shares torch, the case cache and the engine setting copy-on-write), reads and
+runs the artifact in the child, and sends the result back serialized with ``torch.save``; the
+parent reads it with ``torch.load(weights_only=True)``, so nothing the child returns can execute
+code in the runner. Outcomes:
+
+- the child returns a value: the parent gets it, as if it had loaded the file itself;
+- the child raises: :class:`LoadError` carrying the exception type and message;
+- the child dies from a signal (SIGABRT, SIGSEGV, ...): :class:`NativeCrash` naming the signal;
+- the child exceeds :data:`LOAD_TIMEOUT` seconds: it is killed, :class:`LoadTimeout`.
+
+Where ``os.fork`` does not exist, or ``QBC_ISOLATION=0``, the read runs in process (no crash
+protection; the runner says nothing different, the failure just takes the run down).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: seconds one isolated load may take before it is killed (``QBC_LOAD_TIMEOUT``)
+LOAD_TIMEOUT = float(os.environ.get("QBC_LOAD_TIMEOUT", 300))
+
+
+class IsolatedLoadProblem(Exception):
+    """Base of the outcomes of an isolated load that are not a value."""
+
+
+class LoadError(IsolatedLoadProblem):
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.message = type_name, message
+
+
+class NativeCrash(IsolatedLoadProblem):
+    pass
+
+
+class LoadTimeout(IsolatedLoadProblem):
+    pass
+
+
+def enabled() -> bool:
+    return hasattr(os, "fork") and os.environ.get("QBC_ISOLATION", "1") != "0"
+
+
+def _encode(value: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    return buf.getvalue()
+
+
+def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int) -> None:
+    """Body of the forked child; never returns (os._exit), whatever happens."""
+    code = 0
+    try:
+        import torch
+
+        # The parent's OpenMP pool does not survive fork; one thread keeps the child from
+        # waiting on workers that do not exist (what torch's DataLoader workers do too).
+        torch.set_num_threads(1)
+        try:
+            payload = _encode(("ok", fn(*args)))
+        except BaseException as exc:  # everything the load raised is reported, not re-raised
+            payload = _encode(("error", type(exc).__name__, str(exc)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(w, view) :]
+    except BaseException:
+        code = 70  # could not even report: the parent says so
+    finally:
+        os._exit(code)
+
+
+def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+    """``fn(*args)`` in a forked child; see the module docstring for the outcomes."""
+    if not enabled():
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise LoadError(type(exc).__name__, str(exc)) from exc
+    import torch
+
+    timeout = LOAD_TIMEOUT if timeout is None else timeout
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(r)
+        _child(fn, args, w)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if timed_out:
+        raise LoadTimeout(f"the load did not finish within {timeout:g} s and was killed")
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        raise NativeCrash(
+            f"the loader crashed natively ({name}); the run continued because the load ran in "
+            "a separate process"
+        )
+    code = os.WEXITSTATUS(status)
+    if code != 0 or not chunks:
+        raise NativeCrash(f"the loader process exited with status {code} without a result")
+    result = torch.load(io.BytesIO(b"".join(chunks)), weights_only=True)
+    if result[0] == "error":
+        raise LoadError(result[1], result[2])
+    return result[1]
+
+
+def describe(problem: IsolatedLoadProblem) -> tuple[str, str]:
+    """(headline, detail) of a failed isolated load, for the golden's failure message."""
+    if isinstance(problem, NativeCrash):
+        return "native crash while loading", str(problem)
+    if isinstance(problem, LoadTimeout):
+        return "load took too long", str(problem)
+    assert isinstance(problem, LoadError)
+    if problem.type_name == "UnpicklingError" and "Weights only load failed" in problem.message:
+        # torch's message is long advice about weights_only=False; keep the reason line.
+        reason = next(
+            (
+                line.strip()
+                for line in problem.message.splitlines()
+                if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler" in line
+            ),
+            problem.message.splitlines()[0],
+        )
+        return (
+            "refused to run code from the golden",
+            "the file's pickle asks to call or build objects a weights-only load does not allow "
+            f"(loaded with weights_only=True, nothing was executed): {reason}",
+        )
+    lines = [line for line in problem.message.strip().splitlines() if line.strip()]
+    return "could not load the golden file", f"{problem.type_name}: {' '.join(lines[:3])[:600]}"
+
+
+def load(fmt: Any, path: Any, ctx: Any, item: Any) -> Any:
+    """The runner's load: ``fmt.read(path, ctx)`` isolated; failures become GoldenFailure."""
+    from harness.verify import _fail
+
+    try:
+        return call(fmt.read, path, ctx)
+    except IsolatedLoadProblem as problem:
+        what, detail = describe(problem)
+        raise _fail(item, what, f"{detail}\nfile: {path}") from None
