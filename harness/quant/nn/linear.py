@@ -75,6 +75,7 @@ class StaticWeightModule(QuantizedModule):
     bias: torch.Tensor | None
     scale: torch.Tensor
     zero_point: torch.Tensor
+    _tensor_names = ("weight", "weight_scale", "weight_zero_point", "bias", "scale", "zero_point")
 
     def _init_state(
         self, weight_shape: list[int], out_channels: int, bias: bool, dtype: torch.dtype
