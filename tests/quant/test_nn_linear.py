@@ -318,9 +318,9 @@ def test_bad_constructor_arguments_raise_value_error(kwargs, name):
 
 def test_bad_weights_raise_value_error_naming_weight():
     m = qnn.Linear(4, 2)
-    with pytest.raises(ValueError, match="^weight:"):
+    with pytest.raises(ValueError, match=r"^weight:"):
         m.set_weight_bias(torch.zeros(2, 4), torch.ones(2), torch.zeros(2), None)
-    with pytest.raises(ValueError, match="^weight_scale:"):
+    with pytest.raises(ValueError, match=r"^weight_scale:"):
         m.set_weight_bias(torch.zeros(2, 4, dtype=torch.int8), -torch.ones(2), torch.zeros(2), None)
 
 
@@ -329,7 +329,7 @@ def test_quantize_and_dequantize_edges():
     q, s, z = quant(torch.tensor([0.0, 1.0, -100.0, 1000.0]))
     assert q.tolist() == [10, 12, 0, 255]  # round(x / 0.5) + 10, saturated
     assert qnn.DeQuantize()(q, s, z).tolist() == [0.0, 1.0, -5.0, 122.5]
-    with pytest.raises(ValueError, match="^scale:"):
+    with pytest.raises(ValueError, match=r"^scale:"):
         qnn.Quantize(0.0, 0)
-    with pytest.raises(ValueError, match="^x:"):
+    with pytest.raises(ValueError, match=r"^x:"):
         quant(torch.zeros(2, dtype=torch.int64))
