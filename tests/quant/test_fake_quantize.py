@@ -31,6 +31,12 @@ from harness.quant.qconfig import (
 SETTINGS = settings(deadline=None, max_examples=25)
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    # tests draw from the global RNG: make them independent of what ran before
+    torch.manual_seed(0)
+
+
 def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
     with expected_torch_deprecations():
         return torch.jit.script(module)

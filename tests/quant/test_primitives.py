@@ -18,6 +18,12 @@ INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32]
 SEEDS = st.integers(0, 2**31 - 1)
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    # tests draw from the global RNG: make them independent of what ran before
+    torch.manual_seed(0)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -20,6 +20,12 @@ from harness.quant.observers import (
 NATIVE = ["fbgemm", "x86", "qnnpack", "onednn"]
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    # tests draw from the global RNG: make them independent of what ran before
+    torch.manual_seed(0)
+
+
 def _torch_ao_qconfig(getter: str, *args):
     import torch.ao.quantization as tq
 
