@@ -24,6 +24,7 @@ from harness.quant.pt2e.numeric_debugger import (
     compare_results,
     compute_intermediates,
     cosine_similarity,
+    describe_first_divergence,
     extract_results_from_loggers,
     find_first_divergence,
     first_divergent_op,
@@ -31,6 +32,7 @@ from harness.quant.pt2e.numeric_debugger import (
     get_numeric_debug_handle,
     l2_error,
     prepare_for_propagation_comparison,
+    program_intermediates,
     sqnr,
 )
 
@@ -463,3 +465,44 @@ def test_first_divergence_without_intermediates_is_an_error() -> None:
         find_first_divergence({}, {1: torch.ones(1)})
     with pytest.raises(ValueError, match="no numeric debug handles"):
         find_first_divergence({1: torch.ones(1)}, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_program_intermediates_of_a_quantized_program_keep_the_float_op_names(
+    float_and_quantized,
+) -> None:
+    _, quant_gm, example_inputs = float_and_quantized
+    program = torch.export.export(quant_gm, example_inputs, strict=False)
+    stored = program_intermediates(program, example_inputs)
+    assert Intermediates.from_dict(stored).ops == {
+        1: "aten.conv2d",
+        2: "aten.squeeze",
+        3: "aten.conv1d",
+    }
+
+
+def test_program_intermediates_without_handles_are_deterministic_and_leave_the_graph_alone() -> (
+    None
+):
+    model = Conv2dThenConv1d()
+    example_inputs = model.example_inputs()
+    gm = torch.export.export(model, example_inputs, strict=False).module()
+    first = program_intermediates(gm, example_inputs)
+    second = program_intermediates(gm, example_inputs)
+    assert first["ops"] == second["ops"]
+    assert first_divergent_op(first, second, sqnr_threshold_db=math.inf) is None
+    assert all(get_numeric_debug_handle(n) is None for n in gm.graph.nodes)
+
+
+def test_describe_first_divergence_is_one_line_or_none() -> None:
+    golden = Intermediates(outputs={3: torch.ones(4)}, ops={3: "aten.conv1d"})
+    assert describe_first_divergence(golden, golden) is None
+    # today = 1.25 * golden: noise/signal = 0.25 -> 20*log10(4) = 12.04 dB
+    today = Intermediates(outputs={3: torch.full((4,), 1.25)}, ops={3: "aten.conv1d"})
+    assert describe_first_divergence(golden, today) == (
+        "first divergent op: aten.conv1d, handle 3, SQNR 12.0 dB"
+    )

@@ -713,3 +713,45 @@ def first_divergent_op(
         sqnr_threshold_db=sqnr_threshold_db,
         order=golden.order,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Harness hooks (generator and runner; see harness/formats/exported.py and harness/verify.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _has_handles(gm: GraphModule) -> bool:
+    return any(get_numeric_debug_handle(n) is not None for n in gm.graph.nodes)
+
+
+def program_intermediates(
+    model: ExportedProgram | GraphModule, example_inputs: tuple[Any, ...]
+) -> dict[str, Any]:
+    """Per-handle intermediate outputs of an exported model, as a ``torch.save``-able dict
+    (:meth:`Intermediates.to_dict`), for the generator to store beside an exported golden and for
+    the runner to recompute from a reloaded one.
+
+    Handles should come from the float graph (generated before ``prepare_pt2e``), so a handle
+    names the float op. A graph without any handle gets handles generated on a copy: that is
+    deterministic (graph order), so the generator and the runner agree, but every quantize and
+    dequantize then has its own handle.
+    """
+    gm = model.module() if isinstance(model, ExportedProgram) else _graph_module(model)
+    if not _has_handles(gm):
+        from harness.compat import expected_torch_deprecations
+
+        with expected_torch_deprecations():
+            gm = copy.deepcopy(gm)
+        generate_numeric_debug_handle(gm)
+    return compute_intermediates(gm, example_inputs).to_dict()
+
+
+def describe_first_divergence(
+    stored: Intermediates | Mapping[Any, Any],
+    today: Intermediates | Mapping[Any, Any],
+    sqnr_threshold_db: float = DEFAULT_DIVERGENCE_SQNR_DB,
+) -> str | None:
+    """The runner's one-line diagnosis: ``"first divergent op: aten.conv1d, handle 3, SQNR 12.1
+    dB"``, or None when every stored intermediate is reproduced within ``sqnr_threshold_db``."""
+    found = first_divergent_op(stored, today, sqnr_threshold_db)
+    return str(found) if found is not None else None
