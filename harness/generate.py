@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import atomic
 from harness import manifest as mf
 from harness import store as st
 from harness.cases import BuildContext, Case, select_cases
 from harness.formats import get_format
+from harness.lock import locked_regeneration
 from harness.subjects import check_engine, get_subject, subject_names
 
 
@@ -46,8 +48,10 @@ def write_golden(case: Case, engine: str, producer_tmp: Path, command: str) -> N
             entry["runs_code_on_load"] = fmt.runs_code_on_load or name in case.trusted_load
             manifest["files"][name] = entry
     mf.write_manifest(golden_dir / st.MANIFEST, manifest)
+    atomic.write_step(f"manifest {rel}")
 
 
+@locked_regeneration  # one writer at a time; a second one gets a clear RegenLocked error
 def generate(
     store: Path,
     subjects: Sequence[str] | None = None,

@@ -6,20 +6,19 @@ once); text artifacts (manifest, graph signature) stay inside the golden's folde
 diff shows them. Every manifest entry records path, sha256 and size; :meth:`Golden.path` checks
 both before anything is loaded.
 
-A producer's folder is only ever written whole, by that producer, through a temporary sibling
-folder and a rename (:func:`replace_producer`), so an interrupted write leaves the store as it was.
+A producer's folder is only ever written whole, by that producer, in a staging folder outside the
+store and then swapped in with one atomic exchange (:func:`replace_producer`, harness.atomic), so
+an interrupted write leaves the store as it was.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import integrity
+from harness import atomic, integrity
 from harness.manifest import read_manifest, sha256_file
 
 MANIFEST = "manifest.json"
@@ -107,20 +106,20 @@ def add_file(producer_tmp: Path, golden_rel: str, src: Path) -> dict[str, Any]:
         src.unlink()
     else:
         shutil.move(str(src), dest)
+    atomic.write_step(f"add {rel}")
     return {"path": rel, "sha256": digest, "size": size}
 
 
 def start_producer(store: Path, subject: str, producer: str, keep_existing: bool) -> Path:
-    """A temporary sibling folder to build ``producer``'s new content in (a copy of the current
-    content when ``keep_existing``, for partial regeneration)."""
-    parent = Path(store) / subject
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{producer}-{uuid.uuid4().hex[:8]}"
-    final = parent / producer
+    """A staging folder outside the store to build ``producer``'s new content in (a copy of the
+    current content when ``keep_existing``, for partial regeneration): harness.atomic."""
+    tmp = atomic.new_staging_dir(store, subject, producer)
+    final = Path(store) / subject / producer
     if keep_existing and final.exists():
         shutil.copytree(final, tmp)
     else:
         tmp.mkdir()
+    atomic.write_step(f"staged {subject}/{producer}")
     return tmp
 
 
@@ -134,18 +133,15 @@ def collect_garbage(producer_tmp: Path) -> None:
         for blob in blobs.iterdir():
             if f"{BLOBS}/{blob.name}" not in used:
                 blob.unlink()
+    atomic.write_step("collected garbage")
 
 
 def replace_producer(tmp: Path, producer: str) -> Path:
-    """Atomically put ``tmp`` in place as the producer's folder (rename, then drop the old one)."""
-    final = tmp.parent / producer
-    old = tmp.parent / f".old-{producer}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    """Atomically put staged ``tmp`` in place as the producer's folder (one exchange, then drop
+    the old content): harness.atomic."""
+    final = atomic.live_dir(tmp)
+    assert final.name == producer, (final, producer)
+    return atomic.swap_in(tmp, final)
 
 
 def producer_size(store: Path, subject: str, producer: str) -> int:

@@ -92,16 +92,27 @@ def compare_producer(committed: Path, fresh: Path, subjects: list[str], producer
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.generate import generate
-    from harness.manifest import producer_id
-    from harness.subjects import subject_names
+    from harness.lock import RegenLocked
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default=str(REPO / "golden"))
     p.add_argument("--subject", action="append", help="subject (repeatable; default: all)")
     p.add_argument("--producer", help="must be the current producer (refuses any other)")
     p.add_argument("--check", action="store_true", help="regenerate into a temp store and compare")
+    p.add_argument("--case", help="regenerate only cases matching this glob (others are kept)")
+    p.add_argument("--engine", action="append", help="regenerate only this engine (repeatable)")
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (KeyError, RegenLocked) as exc:  # unknown subject/case/engine, or a concurrent regen
+        print(f"regen_goldens: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.generate import generate
+    from harness.manifest import producer_id
+    from harness.subjects import subject_names
 
     current = producer_id()
     if args.producer and args.producer != current:
@@ -116,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         f" --subject {' --subject '.join(args.subject)}" if args.subject else ""
     )
     if not args.check:
-        result = generate(Path(args.store), subjects=subjects, command=command, progress=True)
+        result = generate(
+            Path(args.store),
+            subjects=subjects,
+            case_glob=args.case,
+            engines=args.engine,
+            command=command,
+            progress=True,
+        )
         for gid, reason in result.skipped:
             print(f"skipped {gid}: {reason}")
         print(f"{current}: wrote {len(result.written)} goldens")
