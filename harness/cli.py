@@ -146,6 +146,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not store.is_dir():
         print(f"qbc verify: no golden store at {store}", file=sys.stderr)
         return 2
+    from harness.store import iter_goldens
+
+    if not iter_goldens(store):
+        print(
+            f"qbc verify: the golden store {store} is empty (no "
+            "<subject>/<producer>/<engine>/<case>/ folder): nothing to verify",
+            file=sys.stderr,
+        )
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(args.json) if args.json else Path(tmp) / "results.json"
         code = run_verify(store, args.k, args.n, results)
