@@ -92,7 +92,19 @@ def _finish(node: Node, q: Node, dq: Node) -> Node:
     copy_debug_handle(node, dq)
     node.replace_all_uses_with(dq)
     node.graph.erase_node(node)
+    _one_dequantize_per_user(dq)
     return dq
+
+
+def _one_dequantize_per_user(dq: Node) -> None:
+    """Give every consumer its own copy of ``dq``: backends lower ``dq -> op -> q`` patterns
+    one op at a time, and a dequantize shared by two ops would belong to neither pattern."""
+    graph = dq.graph
+    for user in list(dq.users)[1:]:
+        with graph.inserting_before(user):
+            copy = graph.node_copy(dq)
+        copy.meta = dict(dq.meta)
+        user.replace_input_with(dq, copy)
 
 
 def replace_observers(model: GraphModule) -> GraphModule:

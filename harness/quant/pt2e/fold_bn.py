@@ -199,6 +199,26 @@ def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
     return model
 
 
+def _batch_counter_updates(model: GraphModule, bn_inputs: list[Node]) -> list[Node]:
+    """Erase the ``num_batches_tracked.add_(1)`` of a batch norm that was folded away (the
+    counter only serves the batch norm's momentum) and return the counters' get_attr nodes."""
+    stats = [str(a.target) for a in bn_inputs if a.op == "get_attr"]
+    counters = {t.rsplit(".", 1)[0] + ".num_batches_tracked" for t in stats if "." in t}
+    dead = []
+    for node in list(model.graph.nodes):
+        if (
+            node.op == "call_function"
+            and node.target == aten.add_.Tensor
+            and not node.users
+            and isinstance(node.args[0], Node)
+            and node.args[0].op == "get_attr"
+            and str(node.args[0].target) in counters
+        ):
+            dead.append(node.args[0])
+            model.graph.erase_node(node)
+    return dead
+
+
 def fold_conv_bn_qat(model: GraphModule) -> GraphModule:
     """At convert: fold each QAT ``conv -> batch_norm`` pair for real, with running stats.
 
@@ -242,7 +262,7 @@ def fold_conv_bn_qat(model: GraphModule) -> GraphModule:
         del conv.meta[QAT_CONV_BN_KEY]
         bn_inputs = [a for a in bn.args if isinstance(a, Node)]
         graph.erase_node(bn)
-        erase_dead(model, [scaled, *bn_inputs])
+        erase_dead(model, [scaled, *bn_inputs, *_batch_counter_updates(model, bn_inputs)])
         changed = True
     if changed:
         graph.lint()

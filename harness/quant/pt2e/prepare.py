@@ -117,22 +117,32 @@ def _group_points(
             raise ValueError(f"SharedQuantizationSpec cycle through the {describe(p)}")
         return spec
 
-    # Implicit sharing, in graph order so chains (a -> b -> c) resolve front to back.
+    def shareable(a: QuantizationSpecBase, b: QuantizationSpecBase) -> bool:
+        derived = isinstance(a, DerivedQuantizationSpec) or isinstance(b, DerivedQuantizationSpec)
+        return not derived and a == b
+
+    # Implicit sharing, in graph order so chains (a -> b -> c) resolve front to back: an edge
+    # reuses its producer's output observer, or else the observer of an earlier edge from the
+    # same producer (one quantize of a value feeding several consumers), when the specs agree.
+    sibling_edges: dict[Node, list[Point]] = {}
     for node in model.graph.nodes:
         ann = node.meta.get(ANNOTATION_KEY)
         if ann is None or not ann.allow_implicit_sharing:
             continue
         for arg in ann.input_qspec_map:
             edge = (arg, node)
-            if edge not in specs or arg not in specs:
+            if edge not in specs:
                 continue
-            e_spec, o_spec = root_spec(edge), root_spec(arg)
-            if isinstance(e_spec, DerivedQuantizationSpec) or isinstance(
-                o_spec, DerivedQuantizationSpec
-            ):
+            if arg in specs:
+                if shareable(root_spec(edge), root_spec(arg)):
+                    groups.attach(edge, arg)
                 continue
-            if e_spec == o_spec:
-                groups.attach(edge, arg)
+            siblings = sibling_edges.setdefault(arg, [])
+            for earlier in siblings:
+                if shareable(root_spec(edge), root_spec(earlier)):
+                    groups.attach(edge, earlier)
+                    break
+            siblings.append(edge)
     roots = {groups.find(p): root_spec(p) for p in specs}
     return groups, roots
 
