@@ -183,6 +183,18 @@ def test_apply_helpers_switch_nested_fake_quant_modules():
     assert [int(m.fake_quant_enabled) for m in (model[0], model[2])] == [0, 0]
 
 
+def test_apply_helpers_switch_fake_quant_modules_inside_a_scripted_model():
+    model = _script(
+        torch.nn.Sequential(FakeQuantize(), torch.nn.ReLU(), FusedMovingAvgObsFakeQuantize())
+    )
+    model.apply(F.disable_observer)
+    model.apply(F.disable_fake_quant)
+    assert [int(model[i].observer_enabled) for i in (0, 2)] == [0, 0]
+    assert [int(model[i].fake_quant_enabled) for i in (0, 2)] == [0, 0]
+    x = torch.randn(4)
+    assert torch.equal(model(x), torch.relu(x))
+
+
 def test_fake_quant_is_scriptable_and_survives_save_load():
     fq = FakeQuantize()
     fq(torch.randn(4, 4))

@@ -102,6 +102,54 @@ def test_scripted_observer_computes_the_same_qparams_as_eager(cls):
         assert torch.equal(ours, theirs)
 
 
+@given(
+    qdtype=st.sampled_from((torch.qint8, torch.quint8, torch.qint32)),
+    qscheme=st.sampled_from((torch.per_tensor_affine, torch.per_tensor_symmetric)),
+    reduce_range=st.booleans(),
+)
+@SETTINGS
+def test_per_tensor_observers_are_scriptable_for_every_configuration(qdtype, qscheme, reduce_range):
+    if qscheme == torch.per_tensor_symmetric and reduce_range and qdtype == torch.quint8:
+        return  # rejected: the symmetric uint8 zero point 128 does not fit [0, 127]
+    for cls in (MinMaxObserver, MovingAverageMinMaxObserver):
+        obs = cls(dtype=qdtype, qscheme=qscheme, reduce_range=reduce_range)
+        scripted = _script(cls(dtype=qdtype, qscheme=qscheme, reduce_range=reduce_range))
+        x = torch.rand(3, 4)
+        obs(x)
+        scripted(x)
+        for a, b in zip(obs.calculate_qparams(), scripted.calculate_qparams(), strict=True):
+            assert torch.equal(a, b)
+
+
+@given(
+    qdtype=st.sampled_from((torch.qint8, torch.quint8)),
+    qscheme=st.sampled_from(
+        (
+            torch.per_channel_affine,
+            torch.per_channel_symmetric,
+            torch.per_channel_affine_float_qparams,
+        )
+    ),
+    ch_axis=st.sampled_from((0, 1, 2, 3)),
+    reduce_range=st.booleans(),
+)
+@SETTINGS
+def test_per_channel_observers_are_scriptable_for_every_configuration(
+    qdtype, qscheme, ch_axis, reduce_range
+):
+    if qscheme == torch.per_channel_symmetric and reduce_range and qdtype == torch.quint8:
+        return  # rejected: the symmetric uint8 zero point 128 does not fit [0, 127]
+    kwargs = dict(dtype=qdtype, qscheme=qscheme, ch_axis=ch_axis, reduce_range=reduce_range)
+    for cls in (PerChannelMinMaxObserver, MovingAveragePerChannelMinMaxObserver):
+        obs, scripted = cls(**kwargs), _script(cls(**kwargs))
+        x = torch.randn(2, 3, 4, 5)
+        obs(x)
+        scripted(x)
+        for a, b in zip(obs.calculate_qparams(), scripted.calculate_qparams(), strict=True):
+            assert torch.equal(a, b)
+            assert a.shape == (x.shape[ch_axis],)
+
+
 @pytest.mark.parametrize("qdtype", [torch.qint8, torch.quint8])
 def test_recording_observer_is_scriptable_and_survives_save_load(qdtype):
     obs = RecordingObserver(dtype=qdtype)
