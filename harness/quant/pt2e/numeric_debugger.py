@@ -49,6 +49,36 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
+__all__ = [
+    "CUSTOM_KEY",
+    "DEFAULT_DIVERGENCE_SQNR_DB",
+    "NUMERIC_DEBUG_HANDLE_KEY",
+    "Divergence",
+    "Intermediates",
+    "NodeAccuracySummary",
+    "NodeOutputs",
+    "OutputLogger",
+    "QuantizationComparisonResult",
+    "collect_numeric_debug_handles",
+    "compare_results",
+    "compute_intermediates",
+    "cosine_similarity",
+    "describe_first_divergence",
+    "extract_results_from_loggers",
+    "find_first_divergence",
+    "first_divergent_op",
+    "generate_numeric_debug_handle",
+    "get_numeric_debug_handle",
+    "is_handled_node",
+    "iter_graph_modules",
+    "l2_error",
+    "op_name",
+    "prepare_for_propagation_comparison",
+    "program_intermediates",
+    "set_numeric_debug_handle",
+    "sqnr",
+]
+
 #: ``node.meta`` key torch.export preserves across serialization, re-export and decompositions.
 CUSTOM_KEY = "custom"
 #: Key of the debug handle inside ``node.meta[CUSTOM_KEY]``.
