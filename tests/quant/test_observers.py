@@ -1,6 +1,7 @@
 """Observers: the behaviours of seed 002 (torch's observer tests) against qbc's API, plus
 differential tests against torch.ao's observers on the same data."""
 
+import importlib
 import io
 import warnings
 from collections import OrderedDict
@@ -34,6 +35,26 @@ RANGE_OBSERVERS = [
     PerChannelMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
 ]
+
+
+def _importable(module: str) -> bool:
+    try:
+        with expected_torch_deprecations():
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# Differential tests need torch's own implementation; a torch without it skips them (saying so).
+requires_torch_ao = pytest.mark.skipif(
+    not _importable("torch.ao.quantization"),
+    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
+)
+requires_torch_choose_qparams = pytest.mark.skipif(
+    not hasattr(torch, "_choose_qparams_per_tensor"),
+    reason=f"torch {torch.__version__} has no _choose_qparams_per_tensor",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -401,6 +422,7 @@ def test_dynamic_observer_qparams_follow_the_latest_input():
         assert abs(zp.item() - params[1].item()) <= 1
 
 
+@requires_torch_choose_qparams
 @pytest.mark.parametrize("shape", [(3, 3), (3, 3, 3), (3, 3, 3, 3)])
 def test_dynamic_observer_matches_torch_choose_qparams_per_tensor(shape):
     obs = MovingAverageMinMaxObserver(averaging_constant=1, is_dynamic=True)
@@ -533,6 +555,7 @@ TINY_CONFIGS = [
 ]
 
 
+@requires_torch_ao
 @pytest.mark.parametrize(("qdtype", "qscheme", "reduce_range"), TINY_CONFIGS)
 def test_histogram_observer_on_a_tiny_example(qdtype, qscheme, reduce_range):
     obs = HistogramObserver(bins=3, dtype=qdtype, qscheme=qscheme, reduce_range=reduce_range)
@@ -634,6 +657,7 @@ def test_histogram_counts_every_element_once(n):
     assert obs.histogram.sum().item() == n * n
 
 
+@requires_torch_ao
 @pytest.mark.parametrize(
     ("n", "bins", "dtype", "qscheme", "reduce_range"),
     [
@@ -702,6 +726,7 @@ def observer_config(draw):
     return name, kwargs
 
 
+@requires_torch_ao
 @given(config=observer_config(), seed=st.integers(0, 2**31 - 1))
 @SETTINGS
 def test_range_observers_give_the_same_qparams_as_torch_ao(config, seed):
@@ -722,6 +747,7 @@ def test_range_observers_give_the_same_qparams_as_torch_ao(config, seed):
         assert torch.equal(a, b) and a.dtype == b.dtype
 
 
+@requires_torch_ao
 def test_float_qparams_observer_matches_torch_ao_for_embeddings():
     kwargs = dict(dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0)
     ours = PerChannelMinMaxObserver(**kwargs)

@@ -1,6 +1,7 @@
 """Quantization primitives: round-trip properties, saturation, layouts, float8, differential
 tests against torch.ao and the ``quantized_decomposed`` ops, and argument validation."""
 
+import importlib
 import math
 import warnings
 
@@ -11,11 +12,28 @@ from hypothesis import strategies as st
 
 import harness  # noqa: F401  (registers torch.ops.quantized_decomposed)
 from harness.compat import expected_torch_deprecations
+from harness.quant import decomposed
 from harness.quant import primitives as P
 
 SETTINGS = settings(deadline=None, max_examples=40)
 INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32]
 SEEDS = st.integers(0, 2**31 - 1)
+
+
+def _importable(module: str) -> bool:
+    try:
+        with expected_torch_deprecations():
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# Differential tests need torch's own implementation; a torch without it skips them (saying so).
+requires_torch_ao = pytest.mark.skipif(
+    not _importable("torch.ao.quantization"),
+    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -181,6 +199,7 @@ def _torch_observer_qparams(dtype, qscheme, reduce_range, qmin, qmax, lo, hi):
         return obs._calculate_qparams(lo, hi)
 
 
+@requires_torch_ao
 @given(
     dtype=st.sampled_from([torch.quint8, torch.qint8, torch.qint32]),
     qscheme=st.sampled_from(
@@ -295,8 +314,18 @@ def test_fake_quantize_gradient_passes_inside_the_range_and_stops_outside():
 # --------------------------------------------------------------------------------------------
 
 DEC = torch.ops.quantized_decomposed
+# On a torch without its own registration the ops are qbc's: comparing would be circular.
+requires_torch_decomposed = pytest.mark.skipif(
+    decomposed.source != "torch",
+    reason=f"quantized_decomposed is qbc's own registration on torch {torch.__version__}",
+)
+requires_torch_fake_quant = pytest.mark.skipif(
+    not hasattr(torch, "fake_quantize_per_channel_affine"),
+    reason=f"torch {torch.__version__} has no fake_quantize_per_*_affine ops",
+)
 
 
+@requires_torch_decomposed
 @given(per_tensor_case())
 @SETTINGS
 def test_quantize_per_tensor_is_bit_identical_to_quantized_decomposed(case):
@@ -314,6 +343,7 @@ def test_quantize_per_tensor_is_bit_identical_to_quantized_decomposed(case):
     )
 
 
+@requires_torch_decomposed
 @given(axis=st.integers(-3, 2), dtype=st.sampled_from([torch.uint8, torch.int8]), seed=SEEDS)
 @SETTINGS
 def test_quantize_per_channel_is_bit_identical_to_quantized_decomposed(axis, dtype, seed):
@@ -333,6 +363,7 @@ def test_quantize_per_channel_is_bit_identical_to_quantized_decomposed(axis, dty
     )
 
 
+@requires_torch_decomposed
 def test_choose_qparams_matches_the_decomposed_choose_qparams_op():
     x = torch.randn(100) * 3 + 1
     s, z = DEC.choose_qparams.tensor(x, -128, 127, torch.finfo(torch.float32).eps, torch.int8)
@@ -340,6 +371,7 @@ def test_choose_qparams_matches_the_decomposed_choose_qparams_op():
     assert torch.equal(ours[0], s.reshape(1)) and int(ours[1]) == int(z)
 
 
+@requires_torch_fake_quant
 def test_fake_quantize_is_bit_identical_to_torch_fake_quantize_ops():
     x = torch.randn(8, 16) * 4
     y = P.fake_quantize(x, 0.037, 3, 0, 255)
