@@ -375,3 +375,39 @@ def test_module_name_config_overrides_the_global_one():
     linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
     assert conv.args[1].op == "get_attr"
     assert linear.args[1].target == DQ
+
+
+def test_operator_type_config_quantizes_only_that_operator():
+    from pt2e_models import ConvLinearWPermute
+
+    quantizer = SymmetricQuantizer().set_operator_type(
+        torch.ops.aten.linear, get_symmetric_quantization_config()
+    )
+    m = quantize(ConvLinearWPermute().eval(), quantizer, (torch.randn(1, 3, 4, 4),))
+    conv = next(n for n in m.graph.nodes if n.target == aten.conv2d.default)
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    assert conv.args[1].op == "get_attr"
+    assert linear.args[0].target == DQ and linear.args[1].target == DQ
+
+
+def test_ptq_folds_batch_norm_into_conv_before_observing_the_weight():
+    inputs = (torch.randn(2, 3, 6, 6),)
+    model = ConvWithBNRelu().eval()
+    # non-trivial statistics, so folding changes the weight
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.5, 2)
+    m = quantize(model, symmetric(is_per_channel=True), inputs)
+    counts = op_counts(m)
+    assert counts[aten.batch_norm.default] == 0
+    assert contains_in_order(m, [DQ, DQ_CH, aten.conv2d.default, aten.relu.default, Q, DQ])
+    out_q = next(
+        n for n in m.graph.nodes if n.target == Q and n.args[0].target == aten.relu.default
+    )
+    assert (m(*inputs) - model(*inputs)).abs().max() <= 4 * out_q.args[1]
+
+
+def test_conv1d_is_quantized_like_conv2d():
+    inputs = (torch.randn(2, 3, 8),)
+    m = quantize(torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3)).eval(), symmetric(), inputs)
+    counts = op_counts(m)
+    assert (counts[Q], counts[DQ], counts[aten.conv1d.default]) == (2, 3, 1)
