@@ -28,8 +28,6 @@ State-dict versions (shared by every module)
   ``zero_point`` int64 ``[1]``, as torch.ao names them.
 """
 
-from __future__ import annotations
-
 import copy
 from typing import Any
 
@@ -145,13 +143,13 @@ class QuantizedModule(nn.Module):
 
     _version = STATE_VERSION
     # names of the weights whose qparams version 1 stored as "{name}_qparams"
-    _v1_quantized_weights: tuple[str, ...] = ("weight",)
+    _v1_quantized_weights = ("weight",)
     # zero points that are float (embeddings); all others are int64
     _float_zero_points = False
 
     # every tensor the module may hold (absent ones are plain ``None`` attributes, not
     # buffers, so that torch.export and state_dict never see a ``None`` buffer)
-    _tensor_names: tuple[str, ...] = ()
+    _tensor_names = ()
 
     engine: str
 
@@ -172,7 +170,7 @@ class QuantizedModule(nn.Module):
             else:
                 self.register_buffer(name, value)
 
-    def set_engine(self, engine: str) -> QuantizedModule:
+    def set_engine(self, engine: str) -> "QuantizedModule":
         """Pin this module to ``engine`` (``""``: follow :func:`use_engine`). Returns self."""
         if engine:
             E.get_engine(engine)
