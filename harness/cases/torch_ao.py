@@ -11,6 +11,7 @@ engines' qconfigs and kernels differ.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,8 +102,11 @@ def _ts(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
 def _eager_built(qm: nn.Module, xs: tuple[Any, ...], fresh: Callable[[], nn.Module]) -> Built:
     """Built of an eager quantized module; TorchScript copies and signature made on demand."""
     built = Built(model=qm, inputs=xs, expected=qm(*xs), fresh=fresh)
-    built.scripted = lambda: _ts(qm, xs)[0]
-    built.traced = lambda: _ts(qm, xs)[1]
+    # Script and trace once, together: TorchScript archives embed per-process class-mangling
+    # counters, so compiling twice would change the bytes of every later golden.
+    both = functools.cache(lambda: _ts(qm, xs))
+    built.scripted = lambda: both()[0]
+    built.traced = lambda: both()[1]
     built.signature = lambda: signature(built.get("scripted"))
     return built
 
@@ -384,8 +388,11 @@ def _cases() -> list[Case]:
                 wrap=LSTMHolder,
             ),
             (4, 4, 3),
-            MODULE_FORMATS,
-            trusted_load=("state_dict", "state_dict_legacy"),
+            # No state_dict_legacy: torch.save(_use_new_zipfile_serialization=False) of this
+            # state_dict writes uninitialized memory for the packed weights (bytes differ run to
+            # run and loading does not restore the weights: ~200 steps off, SQNR ~0 dB).
+            tuple(f for f in MODULE_FORMATS if f != "state_dict_legacy"),
+            trusted_load=("state_dict",),
             description="dynamic LSTM; known to differ on AVX512-VNNI machines (pytorch#59098); "
             "its state_dict pickles ScriptObject packed params, so it cannot load weights_only",
         ),

@@ -50,6 +50,9 @@ register(
         _saver("traced"),
         read_module,
         weights_only=False,
+        # The archive's debug tables record the Python call stack at trace time (file paths and
+        # line numbers of the caller), so bytes depend on who called the generator.
+        deterministic=False,
         description="torch.jit.trace module (TorchScript archive)",
     )
 )
