@@ -158,6 +158,7 @@ def describe(problem: IsolatedLoadProblem) -> tuple[str, str]:
             ),
             problem.message.splitlines()[0],
         )
+        reason = reason.split(" Please use")[0]  # drop torch's advice to allowlist the global
         return (
             "refused to run code from the golden",
             "the file's pickle asks to call or build objects a weights-only load does not allow "

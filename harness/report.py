@@ -114,6 +114,14 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
     m, d, c = matrix(rows), drift(rows), coverage(store)
     failures = [r for r in rows if r["outcome"] in ("failed", "xpass")]
     code_formats = [f for f in format_names() if get_format(f).runs_code_on_load]
+    # Checks whose golden file is loaded with code execution (package, and a case's declared
+    # trusted loads): the manifest flags them; they run only after the file's hash matched.
+    code_checks = sorted(
+        f"{g.id}/{f}"
+        for g in iter_goldens(store)
+        for f, entry in g.manifest["files"].items()
+        if entry.get("runs_code_on_load")
+    )
     if fmt == "json":
         return json.dumps(
             {
@@ -122,6 +130,7 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
                 "coverage": c,
                 "failures": failures,
                 "runs_code_on_load": code_formats,
+                "runs_code_on_load_checks": code_checks,
             },
             indent=1,
         )
@@ -158,7 +167,11 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             [[f"missing {x}"] for x in c["missing"]] + [[f"orphaned {x}"] for x in c["orphaned"]],
         ),
     ]
-    note = f"Formats whose loader runs code from the golden: {', '.join(code_formats)}."
+    note = (
+        f"Formats whose loader runs code from the golden: {', '.join(code_formats)}. "
+        f"Checks that run code on load (only after the file's sha256 matched its manifest): "
+        f"{', '.join(code_checks) or 'none'}."
+    )
     if fmt == "md":
         out = ["# qbc report", "", note, ""]
         for title, head, rows_ in sections:
