@@ -65,7 +65,13 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int) -> None:
     """Body of the forked child; never returns (os._exit), whatever happens."""
     code = 0
     try:
+        import faulthandler
+
         import torch
+
+        # The parent reports the crash (signal, golden, file); a second traceback of the
+        # parent's whole stack from the child would only confuse the run's output.
+        faulthandler.disable()
 
         # The parent's OpenMP pool does not survive fork; one thread keeps the child from
         # waiting on workers that do not exist (what torch's DataLoader workers do too).

@@ -1,0 +1,105 @@
+"""Crash isolation: a load that crashes natively or hangs is that golden's failure; the run
+(this very test process, and the other checks after it) carries on."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from reliability_helpers import OBSERVER, golden_id, run_checks
+
+import harness.isolation as isolation
+from harness.formats import FORMATS, get_format
+
+
+def patch_reader(monkeypatch: pytest.MonkeyPatch, fmt: str, read) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(FORMATS, fmt, dataclasses.replace(get_format(fmt), read=read))
+
+
+def aborting_read(path, ctx):  # type: ignore[no-untyped-def]
+    os.abort()  # what TorchScript's C++ reader does on some corrupt archives
+
+
+def segfaulting_read(path, ctx):  # type: ignore[no-untyped-def]
+    ctypes.string_at(0)  # read from address 0: SIGSEGV
+
+
+def hanging_read(path, ctx):  # type: ignore[no-untyped-def]
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize(
+    ("read", "signal_name"), [(aborting_read, "SIGABRT"), (segfaulting_read, "SIGSEGV")]
+)
+def test_a_native_crash_while_loading_is_that_goldens_failure(
+    store: Path, policy, monkeypatch: pytest.MonkeyPatch, read, signal_name: str
+) -> None:
+    patch_reader(monkeypatch, "state_dict", read)
+    parent = os.getpid()
+
+    outcomes = {o.fmt: o for o in run_checks(store, OBSERVER, policy=policy)}
+
+    assert os.getpid() == parent  # we are still here
+    crashed = outcomes.pop("state_dict")
+    assert crashed.kind == "failed"
+    assert "native crash while loading: subject torch_ao" in crashed.message
+    assert f"({signal_name})" in crashed.message
+    assert "case per_tensor_observer, format state_dict" in crashed.message
+    # The checks after the crashing one still ran and passed.
+    assert {o.kind for o in outcomes.values()} == {"passed"}
+    assert "safetensors" in outcomes and "state_dict_legacy" in outcomes
+
+
+def test_a_hanging_load_is_killed_after_the_bound_and_fails_that_golden(
+    store: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_reader(monkeypatch, "state_dict", hanging_read)
+    monkeypatch.setattr(isolation, "LOAD_TIMEOUT", 1.0)
+
+    start = time.perf_counter()
+    (outcome,) = run_checks(store, OBSERVER, {"state_dict"}, policy)
+    took = time.perf_counter() - start
+
+    assert outcome.kind == "failed"
+    assert "load took too long" in outcome.message and "within 1 s" in outcome.message
+    # 1 s bound + fork/kill/reap; far below the hour the reader would sleep
+    assert took < 30
+
+
+def test_a_crashing_load_fails_one_check_of_a_pytest_run_which_completes(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner as users run it (pytest with the qbc plugin), in this process: the crash is
+    # one failed row of the results, every other check has its own outcome, pytest returns.
+    import harness.verify
+
+    patch_reader(monkeypatch, "state_dict", aborting_read)
+    results = tmp_path / "results.json"
+    code = pytest.main(
+        [
+            harness.verify.__file__,
+            "--qbc-store",
+            str(store),
+            "--qbc-results",
+            str(results),
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "-qq",
+            "--tb=no",
+            "-k",
+            OBSERVER,
+        ]
+    )
+
+    rows = {r["id"]: r for r in json.loads(results.read_text())}
+    assert code == pytest.ExitCode.TESTS_FAILED
+    crashed = rows.pop(f"{golden_id(OBSERVER)}/state_dict")
+    assert crashed["outcome"] == "failed" and "SIGABRT" in crashed["message"]
+    assert len(rows) == 4 and {r["outcome"] for r in rows.values()} == {"passed"}
