@@ -510,7 +510,11 @@ def fake_quantize(
 def quantize_float8(
     x: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype = torch.float8_e4m3fn
 ) -> torch.Tensor:
-    """Scale-only float8: ``clamp(x / s, -fmax, fmax).to(dtype)``; saturates instead of inf."""
+    """Scale-only float8: ``clamp(x / s, -fmax, fmax).to(dtype)``; saturates instead of inf.
+
+    Note: torch's ``quantized_decomposed.quantize_per_tensor`` with a float8 ``dtype`` rounds
+    ``x / s`` to an integer first (its integer formula); this is true float8 quantization.
+    """
     _check_float_input(x)
     if dtype not in FLOAT8_DTYPES:
         raise ValueError(f"dtype: {dtype} is not a float8 dtype")
