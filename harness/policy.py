@@ -144,6 +144,13 @@ def dtype_name(value: Any) -> str:
 
 def compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
     """Error statistics of ``actual`` against ``expected`` in output quantization steps."""
+    from harness.compat import expected_torch_deprecations
+
+    with expected_torch_deprecations():  # int_repr/dequantize of torch.ao quantized tensors
+        return _compare_leaf(name, actual, expected)
+
+
+def _compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
     stats = Stats(name=name, dtype=dtype_name(expected), numel=1)
     if not isinstance(expected, torch.Tensor):
         if actual != expected:
