@@ -153,6 +153,8 @@ def check_qparams(
                 f"{s.numel()} and {z.numel()} (pass axis= for per-channel)"
             )
         return
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ValueError(f"axis: expected an int, got {axis!r}")
     if x is not None:
         if x.dim() == 0:
             raise ValueError("x: per-channel quantization needs a tensor of rank >= 1")
@@ -315,6 +317,19 @@ def choose_qparams(
     )
 
 
+def _check_group_size(x: torch.Tensor, group_size: int) -> None:
+    if (
+        not isinstance(group_size, int)
+        or group_size <= 0
+        or x.dim() == 0
+        or x.shape[-1] % group_size != 0
+    ):
+        raise ValueError(
+            f"group_size: {group_size!r} must be a positive int dividing the last dimension "
+            f"{x.shape[-1] if x.dim() else 'of a scalar'}"
+        )
+
+
 def choose_qparams_per_group(
     x: torch.Tensor,
     group_size: int,
@@ -330,11 +345,7 @@ def choose_qparams_per_group(
     ``[prod(...), K // group_size]``; each group is treated as its own per-tensor range.
     """
     _check_float_input(x)
-    if group_size <= 0 or x.dim() == 0 or x.shape[-1] % group_size != 0:
-        raise ValueError(
-            f"group_size: {group_size} must be positive and divide the last dimension "
-            f"{x.shape[-1] if x.dim() else 'of a scalar'}"
-        )
+    _check_group_size(x, group_size)
     groups = x.detach().reshape(-1, group_size).to(torch.float32)
     qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
     scale, zp = choose_qparams(
@@ -544,6 +555,7 @@ def quantize_per_group(
     """Quantize each group of ``group_size`` elements of the last dimension with its own qparams
     (shapes as returned by :func:`choose_qparams_per_group`)."""
     _check_float_input(x)
+    _check_group_size(x, group_size)
     dtype = as_plain_dtype(dtype)
     qmin, qmax = quant_range(dtype, quant_min, quant_max)
     groups = x.reshape(-1, group_size)
@@ -556,5 +568,6 @@ def dequantize_per_group(
     q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_per_group`."""
+    _check_group_size(q, group_size)
     groups = q.reshape(-1, group_size)
     return _dequantize(groups, scale.reshape(-1), zero_point.reshape(-1), 0).reshape(q.shape)

@@ -414,6 +414,12 @@ def test_fake_quantize_is_bit_identical_to_torch_fake_quantize_ops():
         (lambda x: P.choose_qparams(x.min(), x.max(), torch.uint8, "affine"), "qscheme"),
         (lambda x: P.choose_qparams(x.max(), x.min()), "min_val"),
         (lambda x: P.choose_qparams_per_group(x, 3), "group_size"),
+        (lambda x: P.quantize_per_group(x, torch.ones(8), torch.zeros(8), 3), "group_size"),
+        (
+            lambda x: P.dequantize_per_group(x.to(torch.int8), torch.ones(8), torch.zeros(8), 0),
+            "group_size",
+        ),
+        (lambda x: P.quantize(x, torch.ones(4), torch.zeros(4), torch.uint8, axis="1"), "axis"),
         (lambda x: P.quant_range(torch.int8, -200, 0), "quant_min"),
         (lambda x: P.quant_range(torch.int8, 0, 200), "quant_max"),
     ],
