@@ -237,16 +237,21 @@ def test_lstm_approximates_torch_ao_dynamic_lstm(engine):
     assert (run(m, engine, x)[0] - expected).abs().max() < 0.02
 
 
-def test_lstm_script_trace_export_round_trip():
+def test_lstm_script_and_trace_round_trip():
     _, m = make_lstm(num_layers=2, bidirectional=True)
     x = torch.randn(3, 2, 6)
     eager = run(m, "int_mm", x)[0]
-    for loaded in (
-        script_roundtrip(m, "int_mm"),
-        trace_roundtrip(m, (x,), "int_mm"),
-        export_roundtrip(m, (x,), "int_mm"),
-    ):
+    for loaded in (script_roundtrip(m, "int_mm"), trace_roundtrip(m, (x,), "int_mm")):
         assert torch.equal(loaded(x)[0], eager)
+
+
+def test_lstm_export_round_trip():
+    # Export unrolls the time loop (static shapes); a short single-layer sequence keeps the
+    # export fast (a 2-layer bidirectional one over 3 steps takes ~20 s to export).
+    _, m = make_lstm()
+    x = torch.randn(2, 2, 6)
+    loaded = export_roundtrip(m, (x,), "int_mm")
+    assert torch.equal(loaded(x)[0], run(m, "int_mm", x)[0])
 
 
 def test_lstm_state_dict_round_trip_and_keys():
