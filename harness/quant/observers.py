@@ -378,7 +378,8 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         if not -x.dim() <= self.ch_axis < x.dim():
             raise ValueError("ch_axis: out of range for the observed tensor's rank")
         y = torch.movedim(x, self.ch_axis, 0).to(self.min_val.dtype)
-        return torch.aminmax(torch.flatten(y, start_dim=1), dim=1)
+        # one row per channel; reshape (not flatten(start_dim=1)) so 1-D inputs work too
+        return torch.aminmax(y.reshape([y.size(0), -1]), dim=1)
 
     def _store(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
         self.min_val.resize_(min_val.shape)

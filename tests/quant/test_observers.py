@@ -386,6 +386,16 @@ def test_zero_numel_input_passes_through_and_records_nothing(make):
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize("cls", [PerChannelMinMaxObserver, MovingAveragePerChannelMinMaxObserver])
+def test_per_channel_observer_on_a_1d_tensor_has_one_channel_per_element(cls):
+    # e.g. a bias vector: every element is its own channel
+    obs = cls()
+    x = torch.randn(5)
+    obs(x)
+    assert torch.equal(obs.min_val, x) and torch.equal(obs.max_val, x)
+    assert obs.calculate_qparams()[0].shape == (5,)
+
+
 @pytest.mark.parametrize("cls", RANGE_OBSERVERS)
 def test_unobserved_observer_gives_neutral_qparams(cls):
     scale, zero_point = cls().calculate_qparams()
