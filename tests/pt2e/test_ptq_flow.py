@@ -25,6 +25,7 @@ from harness.quant.pt2e import (
     get_symmetric_quantization_config,
     prepare_pt2e,
 )
+from harness.quant.pt2e.constant_fold import VALUE_META_KEYS
 from harness.quant.pt2e.graph_summary import contains_in_order, op_counts
 
 qd = torch.ops.quantized_decomposed
@@ -102,7 +103,7 @@ def test_every_constant_op_before_a_weight_quantize_is_folded():
     class M(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.weight = torch.randn(2, 2)
+            self.register_buffer("weight", torch.randn(2, 2))
 
         def forward(self, x):
             return torch.nn.functional.linear(x, self.weight.t())
@@ -121,7 +122,7 @@ def test_folded_weight_constant_keeps_the_weight_node_metadata():
     gm = convert_pt2e(gm)
     folded = next(n for n in gm.graph.nodes if n.op == "get_attr" and "frozen_param" in n.target)
     for key, value in weight_meta.items():
-        if key in ("val", "tensor_meta"):
+        if key in VALUE_META_KEYS:
             continue  # describes the float weight; the constant is int8
         assert folded.meta[key] == value, key
     assert folded.meta["val"].dtype == torch.int8

@@ -22,6 +22,9 @@ from harness.quant.pt2e.graph_utils import (
 )
 
 qd = torch.ops.quantized_decomposed
+# Metadata describing a node's *value* (float, for the weight): not carried over to the folded
+# integer constant. Older torch releases also record ``example_value``.
+VALUE_META_KEYS = ("val", "tensor_meta", "example_value")
 QUANTIZE_OPS = (qd.quantize_per_tensor.default, qd.quantize_per_channel.default)
 
 
@@ -91,7 +94,7 @@ def fold_quantize(model: GraphModule) -> GraphModule:
         # the constant *is* that weight, quantized. Only the value metadata changes, because a
         # stale float ``val`` would describe the wrong dtype to later passes.
         origin = _origin_attr(node.args[0])  # type: ignore[arg-type]
-        copy_meta(origin, const, skip=("val", "tensor_meta"))
+        copy_meta(origin, const, skip=VALUE_META_KEYS)
         const.meta["val"] = _fake_like(origin, value)
         node.replace_all_uses_with(const)
         erase_dead(model, [node])
