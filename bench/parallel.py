@@ -1,0 +1,96 @@
+"""Parallelism: the BC tests with ``pytest -n 2`` vs ``-n 0`` (speed-up = wall(-n 0) / wall(-n 2)).
+
+    python bench/parallel.py [--repeats 2] [--engine fbgemm ...] [--dist loadgroup]
+                             [--torch-threads N]
+
+Both runs use the same store and the same pytest options; they are alternated and repeated so
+a change of load on the machine hits both. Target: at least 1.7x on 2 cores. CPU seconds
+(all workers summed) are printed too: a speed-up well below 2x with equal CPU means waiting
+(contention, serial collection); a speed-up below 2x with higher CPU under ``-n 2`` means
+duplicated work (e.g. each worker rebuilding the same case) or oversubscribed threads.
+
+``--torch-threads N`` passes ``--qbc-torch-threads N`` to the runner (0: torch's default
+thread count, the behaviour before the runner pinned one thread per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PYTHON, STORE, Timing, alternate, header, make_store, ratio_line
+
+TARGET = 1.7
+
+
+def pytest_cmd(store: Path, workers: int, extra: list[str]) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "pytest",
+        "tests/bc",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        str(workers),
+        f"--qbc-store={store}",
+        *extra,
+    ]
+
+
+def bench(
+    repeats: int = 2,
+    engines: list[str] | None = None,
+    dist: str | None = None,
+    torch_threads: int | None = None,
+) -> dict[str, Any]:
+    header("parallelism: pytest tests/bc -n 2 vs -n 0")
+    extra = ["--dist", dist] if dist else []
+    if torch_threads is not None:
+        extra.append(f"--qbc-torch-threads={torch_threads}")
+    with tempfile.TemporaryDirectory(prefix="qbc-bench-store-") as tmp:
+        store = STORE
+        if engines:
+            store = Path(tmp) / "golden"
+            n = make_store(store, engines=engines)
+            print(f"store: committed goldens of engines {engines} ({n} goldens)")
+        print(f"options: {' '.join(extra) or '(defaults)'}")
+        serial, par = Timing("-n 0"), Timing("-n 2")
+        alternate(
+            [(pytest_cmd(store, 0, extra), serial), (pytest_cmd(store, 2, extra), par)], repeats
+        )
+    for t in (serial, par):
+        print("  " + t.describe())
+    speedup = serial.wall_med / par.wall_med
+    print(
+        "  " + ratio_line("speed-up -n 0 / -n 2 (wall)", speedup, f">= {TARGET}", speedup >= TARGET)
+    )
+    print("  " + ratio_line("cpu -n 2 / -n 0 (duplicated work)", par.cpu_med / serial.cpu_med))
+    return {
+        "speedup": speedup,
+        "cpu_ratio": par.cpu_med / serial.cpu_med,
+        "n0_wall": serial.wall_med,
+        "n2_wall": par.wall_med,
+        "spread": max(serial.spread(), par.spread()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--engine", action="append", help="only goldens of this engine (repeatable)")
+    p.add_argument("--dist", help="pytest-xdist --dist mode (default: xdist's own default)")
+    p.add_argument("--torch-threads", type=int, help="--qbc-torch-threads for the runner")
+    args = p.parse_args(argv)
+    bench(args.repeats, args.engine, args.dist, args.torch_threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
