@@ -1,0 +1,106 @@
+"""The pytest runner (ids, known breaks as strict xfail) and the `qbc` command line.
+
+Runner and `qbc verify` are exercised in a subprocess on a small copy of the store (two
+goldens), which is what a user's CI does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PRODUCER_ID, REPO, STORE
+
+from harness.cli import main
+
+KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Path:
+    """The committed producer folder with only the goldens in KEEP (blobs kept as they are)."""
+    dest = tmp_path / "golden" / "torch_ao" / PRODUCER_ID
+    shutil.copytree(STORE / "torch_ao" / PRODUCER_ID, dest)
+    for case_dir in dest.glob("*/*"):
+        if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
+            shutil.rmtree(case_dir)
+    return tmp_path / "golden"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+
+
+def test_runner_ids_and_known_break_as_strict_xfail(small_store: Path, tmp_path: Path) -> None:
+    breaks = tmp_path / "breaks.toml"
+    breaks.write_text(
+        '[[break]]\ncase = "linear"\nformat = "traced"\nproducers = ">=2.13"\nreason = "demo break"\n'
+    )
+    proc = run(
+        "-m", "pytest", "tests/bc/test_goldens.py", "-p", "no:cacheprovider", "-rxX", "-v",
+        "--qbc-store", str(small_store), "--qbc-known-breaks", str(breaks),
+    )  # fmt: skip
+    out = proc.stdout
+    assert (
+        f"test_golden[torch_ao/{PRODUCER_ID}/fbgemm/per_tensor_observer/safetensors] PASSED" in out
+    )
+    # The matching check really fails... no: it passes, so a strict xfail turns it into a failure.
+    assert f"test_golden[torch_ao/{PRODUCER_ID}/qnnpack/linear/traced] FAILED" in out
+    assert "[XPASS(strict)] known break: demo break" in out
+    assert proc.returncode == 1
+
+
+def test_verify_prints_matrix_and_passes_on_a_clean_store(small_store: Path) -> None:
+    proc = run("-m", "harness.cli", "verify", "--store", str(small_store), "-n", "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "compatibility matrix (consumer torch-" in proc.stdout
+    assert f"torch_ao  {PRODUCER_ID}  fbgemm" in proc.stdout
+    assert "failed" not in proc.stdout
+
+
+def test_verify_exits_nonzero_and_explains_a_regression(small_store: Path) -> None:
+    graph = small_store / "torch_ao" / PRODUCER_ID / "qnnpack" / "linear" / "graph.txt"
+    graph.write_text(graph.read_text() + "  extra_op\n")
+    proc = run("-m", "harness.cli", "verify", "--store", str(small_store), "-n", "0")
+    assert proc.returncode == 1
+    assert f"FAILED torch_ao/{PRODUCER_ID}/qnnpack/linear/graph" in proc.stdout
+    assert "does not match its manifest" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["cases", "--subject", "nosuch"], "unknown subject 'nosuch'"),
+        (["generate", "--subject", "torch_ao", "--case", "nosuch*"], "no case matches 'nosuch*'"),
+        (
+            ["generate", "--subject", "torch_ao", "--engine", "tpu"],
+            "unknown engine of subject 'torch_ao' 'tpu'",
+        ),
+    ],
+)
+def test_unknown_names_are_clear_errors(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main([*argv, *(["--out", str(tmp_path)] if argv[0] == "generate" else [])]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_cases_lists_every_seed_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cases", "--subject", "torch_ao"]) == 0
+    listed = {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
+    for name in ("linear", "linear_dynamic_float16", "conv2d_nobias_graph_v3", "lstm", "default_qat_qconfig",
+                 "linear_relu_package", "per_channel_observer", "conv3d_relu"):  # fmt: skip
+        assert f"torch_ao/{name}" in listed
+
+
+def test_diff_shows_engine_differences_with_statistics(capsys: pytest.CaptureFixture[str]) -> None:
+    base = STORE / "torch_ao" / PRODUCER_ID
+    assert main(["diff", str(base / "fbgemm" / "conv2d"), str(base / "qnnpack" / "conv2d")]) == 1
+    out = capsys.readouterr().out
+    assert "input: identical" in out  # same seed, same input on every engine
+    assert "expected: differs" in out
+    assert "output" in out and ("qparams" in out or "steps" in out)
