@@ -295,6 +295,53 @@ def test_fake_quantize_is_bit_identical_to_torch_ao(ours_kwargs, per_channel):
         assert torch.equal(x.grad, xt.grad)
 
 
+@requires_torch_ao
+@given(
+    per_channel=st.booleans(),
+    symmetric=st.booleans(),
+    signed=st.booleans(),
+    averaging_constant=st.sampled_from([0.01, 0.3, 1.0]),
+    ch_axis=st.integers(0, 2),
+    seed=st.integers(0, 2**31 - 1),
+)
+@SETTINGS
+def test_fake_quantize_matches_torch_ao_on_random_configurations(
+    per_channel, symmetric, signed, averaging_constant, ch_axis, seed
+):
+    import torch.ao.quantization as tq
+
+    import harness.quant.observers as ours_obs
+
+    name = "MovingAveragePerChannelMinMaxObserver" if per_channel else "MovingAverageMinMaxObserver"
+    if per_channel:
+        qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+    else:
+        qscheme = torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+    kwargs = dict(
+        dtype=torch.qint8 if signed else torch.quint8,
+        quant_min=-128 if signed else 0,
+        quant_max=127 if signed else 255,
+        qscheme=qscheme,
+        averaging_constant=averaging_constant,
+    )
+    if per_channel:
+        kwargs["ch_axis"] = ch_axis
+    ours = FakeQuantize(observer=getattr(ours_obs, name), **kwargs)
+    with expected_torch_deprecations():
+        theirs = tq.FakeQuantize(observer=getattr(tq, name), **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(3):
+        x = (torch.randn(3, 4, 5, generator=g) * (1 + i) + i).requires_grad_()
+        xt = x.detach().clone().requires_grad_()
+        y, yt = ours(x), theirs(xt)
+        y.sum().backward()
+        yt.sum().backward()
+        assert torch.equal(y, yt)
+        assert torch.equal(x.grad, xt.grad)
+        assert torch.equal(ours.scale, theirs.scale)
+        assert torch.equal(ours.zero_point, theirs.zero_point)
+
+
 # --------------------------------------------------------------------------------------------
 # FusedMovingAvgObsFakeQuantize
 # --------------------------------------------------------------------------------------------
