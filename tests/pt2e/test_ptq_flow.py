@@ -412,3 +412,25 @@ def test_conv1d_is_quantized_like_conv2d():
     m = quantize(torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3)).eval(), symmetric(), inputs)
     counts = op_counts(m)
     assert (counts[Q], counts[DQ], counts[aten.conv1d.default]) == (2, 3, 1)
+
+
+def test_convert_rejects_a_model_that_was_not_exported():
+    with pytest.raises(TypeError, match=r"convert_pt2e: model must be an exported graph"):
+        convert_pt2e(LinearModel())
+
+
+def test_shared_spec_pointing_at_an_unquantized_edge_is_an_error_naming_it():
+    from harness.quant.pt2e import SharedQuantizationSpec
+
+    class SharesWithNothing(Quantizer):
+        def annotate(self, model):
+            linear = next(n for n in model.graph.nodes if n.target == aten.linear.default)
+            x, w = linear.args[:2]
+            linear.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={x: SharedQuantizationSpec((w, linear))}, _annotated=True
+            )
+            return model
+
+    gm = export(LinearModel(), LINEAR_IN)
+    with pytest.raises(ValueError, match=r"refers to the edge '\w*weight' -> 'linear'"):
+        prepare_pt2e(gm, SharesWithNothing())
