@@ -26,7 +26,7 @@ from harness.quant.observers import (
     RecordingObserver,
     load_observer_state_dict,
 )
-from harness.quant.qconfig import default_histogram_observer
+from harness.quant.qconfig import default_debug_qconfig, default_histogram_observer
 
 SETTINGS = settings(deadline=None, max_examples=20)
 RANGE_OBSERVERS = [
@@ -827,6 +827,19 @@ def test_reduce_range_is_silent():
 def test_bad_arguments_raise_value_error_naming_the_argument(make, argument):
     with pytest.raises(ValueError, match=rf"^{argument}\b"):
         make()
+
+
+def test_recording_observer_keeps_a_copy_of_every_tensor_in_order():
+    # seed: a debug qconfig records each calibration batch (twice through the data -> 2x)
+    obs = default_debug_qconfig.activation()
+    batches = [torch.randn(2, 3) for _ in range(4)]
+    for x in batches + batches:
+        assert obs(x) is x
+    recorded = obs.get_tensor_value()
+    assert len(recorded) == 2 * len(batches)
+    assert all(torch.equal(r, x) for r, x in zip(recorded, batches + batches, strict=True))
+    batches[0].add_(1)  # copies, not aliases: later changes to the input do not leak in
+    assert not torch.equal(recorded[0], batches[0])
 
 
 @pytest.mark.parametrize(
