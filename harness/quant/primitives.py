@@ -11,9 +11,17 @@ Affine quantization maps a real ``x`` to an integer ``q`` with a scale ``s > 0``
     x' = (q - z) * s
 
 so ``|x - x'| <= s / 2`` for every ``x`` inside the representable range
-``[(quant_min - z) * s, (quant_max - z) * s]``. The multiply by ``1 / s`` (not a divide by ``s``)
-matches the ``quantized_decomposed`` ops that exported graphs use, so eager code and exported
-programs agree to the bit.
+``[(quant_min - z) * s, (quant_max - z) * s]`` (up to float32 rounding of ``x * (1 / s)``).
+The multiply by ``1 / s`` (not a divide by ``s``) matches the ``quantized_decomposed`` ops that
+exported graphs use, so eager code and exported programs agree to the bit (tested); like them,
+per-tensor quantize forms ``1 / s`` in double and per-channel in float32, and fake-quant uses
+float32 as torch's fake-quant kernels do.
+
+Float zero points (``per_channel_affine_float_qparams``, embedding tables) enter the rounding:
+``q = clamp(round(x * (1 / s) + z), quant_min, quant_max)``, ``z = -min / s``.
+
+4-bit codes (``torch.uint4`` / ``torch.int4``, legacy ``torch.quint4x2``) have ranges [0, 15] /
+[-8, 7] and are stored one per byte (:func:`storage_dtype`).
 
 Float8 quantization is scale-only: ``q = clamp(x / s, -fmax, fmax).to(float8)``.
 
