@@ -434,3 +434,17 @@ def test_shared_spec_pointing_at_an_unquantized_edge_is_an_error_naming_it():
     gm = export(LinearModel(), LINEAR_IN)
     with pytest.raises(ValueError, match=r"refers to the edge '\w*weight' -> 'linear'"):
         prepare_pt2e(gm, SharesWithNothing())
+
+
+def test_a_value_passed_between_two_configs_with_equal_activation_specs_is_quantized_once():
+    from pt2e_models import ConvLinearWPermute
+
+    quantizer = symmetric(is_per_channel=True).set_module_type(
+        torch.nn.Linear, get_symmetric_quantization_config(is_per_channel=False)
+    )
+    m = quantize(ConvLinearWPermute().eval(), quantizer, (torch.randn(1, 3, 4, 4),))
+    # x, conv output, permute output (same qparams as the conv output), linear output; the
+    # linear's input reuses the permute's quantized output instead of quantizing it again.
+    assert op_counts(m)[Q] == 4
+    linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
+    assert linear.args[0].args[0].args[0].target == aten.permute.default

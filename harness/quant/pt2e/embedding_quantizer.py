@@ -9,19 +9,13 @@ and max, ``s = (hi - lo) / 255`` and ``z = -lo / s``, so the row's range maps ex
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 from torch.fx import GraphModule
 
+from harness.quant import observers
 from harness.quant.pt2e.annotators import annotate_embedding
 from harness.quant.pt2e.quantizer import QuantizationConfig, QuantizationSpec, Quantizer
-
-
-def _per_channel_observer(**kwargs: Any) -> torch.nn.Module:
-    from harness.quant import observers
-
-    return observers.PerChannelMinMaxObserver(**kwargs)
 
 
 @functools.cache
@@ -32,7 +26,7 @@ def get_embedding_operators_config() -> QuantizationConfig:
         quant_max=255,
         qscheme=torch.per_channel_affine_float_qparams,
         ch_axis=0,
-        observer_or_fake_quant_ctr=_per_channel_observer,
+        observer_or_fake_quant_ctr=observers.PerChannelMinMaxObserver,
     )
     return QuantizationConfig(
         input_activation=None, output_activation=None, weight=weight, bias=None

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from harness.quant import fake_quantize, observers
 from harness.quant.pt2e import annotators as A
 from harness.quant.pt2e.graph_utils import module_stack, type_name
 from harness.quant.pt2e.quantizer import QuantizationConfig, QuantizationSpec, Quantizer
@@ -27,85 +28,48 @@ from harness.quant.pt2e.quantizer import QuantizationConfig, QuantizationSpec, Q
 ACT_EPS = 2**-12
 
 
-def _ctr(factory: Callable[[], Any], **kwargs: Any) -> Callable[..., torch.nn.Module]:
-    """An observer constructor from ``harness.quant`` bound to ``kwargs``, resolved lazily so this
-    module imports before the observer modules exist."""
-
-    def build(**spec_kwargs: Any) -> torch.nn.Module:
-        cls = factory()
-        return cls(**{**spec_kwargs, **kwargs})
-
-    return build
-
-
-def _obs(name: str) -> Callable[[], Any]:
-    def get() -> Any:
-        from harness.quant import observers
-
-        return getattr(observers, name)
-
-    return get
-
-
-def _fq(name: str) -> Callable[[], Any]:
-    def get() -> Any:
-        from harness.quant import fake_quantize
-
-        return getattr(fake_quantize, name)
-
-    return get
-
-
-def _fake_quant_ctr(observer_name: str, **kwargs: Any) -> Callable[..., torch.nn.Module]:
-    def build(**spec_kwargs: Any) -> torch.nn.Module:
-        from harness.quant import fake_quantize, observers
-
-        return fake_quantize.FusedMovingAvgObsFakeQuantize(
-            observer=getattr(observers, observer_name), **{**spec_kwargs, **kwargs}
-        )
-
-    return build
-
-
 @functools.cache
-def get_symmetric_quantization_config(
-    is_per_channel: bool = False,
-    is_qat: bool = False,
-    is_dynamic: bool = False,
-    act_qmin: int = -128,
-    act_qmax: int = 127,
-    weight_qmin: int = -127,
-    weight_qmax: int = 127,
+def _symmetric_config(
+    is_per_channel: bool,
+    is_qat: bool,
+    is_dynamic: bool,
+    act_qmin: int,
+    act_qmax: int,
+    weight_qmin: int,
+    weight_qmax: int,
 ) -> QuantizationConfig:
-    """The int8 recipe (cached, so equal arguments give the identical config object).
-
-    Static PTQ activations use a histogram observer (it clips outliers to minimise the L2
-    quantization error), dynamic ones a placeholder (qparams come from each batch at run time);
-    weights use min/max (per channel along axis 0 if ``is_per_channel``).
-    """
+    # Observer constructors are ``with_args`` wrappers, which compare equal when they build the
+    # same thing: specs from different configs (per-tensor vs per-channel) then still compare
+    # equal where they agree, so a value flowing between two configs is quantized once.
     if is_qat:
         act_ctr = (
-            _fake_quant_ctr("MovingAverageMinMaxObserver")
-            if not is_dynamic
-            else _ctr(_obs("MovingAverageMinMaxObserver"))
+            observers.MovingAverageMinMaxObserver.with_args(eps=ACT_EPS)
+            if is_dynamic
+            else fake_quantize.FusedMovingAvgObsFakeQuantize.with_args(
+                observer=observers.MovingAverageMinMaxObserver, eps=ACT_EPS
+            )
         )
     elif is_dynamic:
-        act_ctr = _ctr(_obs("PlaceholderObserver"))
+        act_ctr = observers.PlaceholderObserver.with_args(eps=ACT_EPS)
     else:
-        act_ctr = _ctr(_obs("HistogramObserver"))
+        act_ctr = observers.HistogramObserver.with_args(eps=ACT_EPS)
     act = QuantizationSpec(
         dtype=torch.int8,
         quant_min=act_qmin,
         quant_max=act_qmax,
         qscheme=torch.per_tensor_affine,
         is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=_with_eps(act_ctr),
+        observer_or_fake_quant_ctr=act_ctr,
     )
     if is_per_channel:
-        w_obs = "MovingAveragePerChannelMinMaxObserver" if is_qat else "PerChannelMinMaxObserver"
+        w_obs: Any = (
+            observers.MovingAveragePerChannelMinMaxObserver
+            if is_qat
+            else observers.PerChannelMinMaxObserver
+        )
         qscheme, ch_axis = torch.per_channel_symmetric, 0
     else:
-        w_obs = "MovingAverageMinMaxObserver" if is_qat else "MinMaxObserver"
+        w_obs = observers.MovingAverageMinMaxObserver if is_qat else observers.MinMaxObserver
         qscheme, ch_axis = torch.per_tensor_symmetric, None
     weight = QuantizationSpec(
         dtype=torch.int8,
@@ -114,7 +78,11 @@ def get_symmetric_quantization_config(
         qscheme=qscheme,
         ch_axis=ch_axis,
         is_dynamic=False,
-        observer_or_fake_quant_ctr=_fake_quant_ctr(w_obs) if is_qat else _ctr(_obs(w_obs)),
+        observer_or_fake_quant_ctr=(
+            fake_quantize.FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs)
+            if is_qat
+            else w_obs
+        ),
     )
     return QuantizationConfig(
         input_activation=act,
@@ -125,11 +93,31 @@ def get_symmetric_quantization_config(
     )
 
 
-def _with_eps(ctr: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-    def build(**kw: Any) -> torch.nn.Module:
-        return ctr(eps=ACT_EPS, **kw)
+def get_symmetric_quantization_config(
+    is_per_channel: bool = False,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+    act_qmin: int = -128,
+    act_qmax: int = 127,
+    weight_qmin: int = -127,
+    weight_qmax: int = 127,
+) -> QuantizationConfig:
+    """The int8 recipe (cached: equal arguments give the identical config object).
 
-    return build
+    Static PTQ activations use a histogram observer (it clips outliers to minimise the L2
+    quantization error), dynamic ones a placeholder (qparams come from each batch at run time);
+    weights use min/max (per channel along axis 0 if ``is_per_channel``); QAT uses fused
+    moving-average fake-quant modules.
+    """
+    return _symmetric_config(
+        bool(is_per_channel),
+        bool(is_qat),
+        bool(is_dynamic),
+        act_qmin,
+        act_qmax,
+        weight_qmin,
+        weight_qmax,
+    )
 
 
 class SymmetricQuantizer(Quantizer):
