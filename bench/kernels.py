@@ -82,10 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller time budget per timing")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared, loaded machine OpenMP barriers "
+        "make every multi-threaded elementwise op cost tens of ms)",
+    )
+    parser.add_argument(
         "--engines", default=",".join(E.ENGINE_NAMES), help="comma-separated engines to time"
     )
     args = parser.parse_args(argv)
     budget, max_rep = (0.5, 10) if args.quick else (2.0, 30)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -336,3 +336,44 @@ def test_quantize_and_dequantize_edges():
         qnn.Quantize(0.0, 0)
     with pytest.raises(ValueError, match=r"^x:"):
         quant(torch.zeros(2, dtype=torch.int64))
+
+
+class _QuantizedNet(torch.nn.Module):
+    """A composed model as goldens will hold it: float in, Quantize -> ConvReLU2d -> Linear ->
+    DeQuantize, float out."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = qnn.Quantize(0.05, 64)
+        self.conv = qnn.ConvReLU2d(3, 4, 3)
+        self.conv.set_weight_bias(
+            torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, generator=_GEN),
+            torch.full((4,), 0.01),
+            torch.zeros(4, dtype=torch.int64),
+            torch.randn(4, generator=_GEN),
+        )
+        self.conv.set_output_qparams(0.02, 20)
+        self.fc = make_linear(qnn.Linear, 4 * 4 * 4, 5, seed=2)
+        self.dequant = qnn.DeQuantize()
+
+    def forward(self, x):
+        q, s, z = self.conv(*self.quant(x))
+        q, s, z = self.fc(q.reshape(q.shape[0], -1), s, z)
+        return self.dequant(q, s, z)
+
+
+_GEN = torch.Generator().manual_seed(11)
+
+
+def test_composed_model_round_trips_through_every_format():
+    net = _QuantizedNet()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    with E.use_engine("int_mm"):
+        eager = net(x)
+    assert eager.dtype == torch.float32 and eager.shape == (2, 5)
+    for loaded in (
+        script_roundtrip(net, "int_mm"),
+        trace_roundtrip(net, (x,), "int_mm"),
+        export_roundtrip(net, (x,), "int_mm"),
+    ):
+        assert torch.equal(loaded(x), eager)

@@ -1,7 +1,5 @@
 """Float <-> integer edges of a quantized model: :class:`Quantize` and :class:`DeQuantize`."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
@@ -36,7 +34,7 @@ class Quantize(nn.Module):
         self.register_buffer("zero_point", as_zero_point(zero_point, dtype, "zero_point"))
 
     @classmethod
-    def from_observer(cls, observer: nn.Module) -> Quantize:
+    def from_observer(cls, observer: nn.Module) -> "Quantize":
         scale, zero_point = observer.calculate_qparams()
         return cls(scale, zero_point, observer.dtype)
 
