@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Optional
 
 import torch
 
@@ -41,7 +40,7 @@ _SCHEMAS = {
     "int quant_min, int quant_max, float eps, ScalarType dtype) -> (Tensor, Tensor)",
 }
 
-_library: Optional[torch.library.Library] = None
+_library: torch.library.Library | None = None
 source: str = "unregistered"
 
 
