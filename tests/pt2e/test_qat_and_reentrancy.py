@@ -95,3 +95,28 @@ def test_observer_and_dequantize_nodes_inherit_the_numeric_debug_handle():
     q = next(iter(linear.users))
     dq = next(iter(q.users))
     assert dq.target == DQ and get_debug_handle(dq) == 7
+
+
+def test_preparing_and_converting_a_converted_graph_again_requantizes_its_values():
+    inputs = (torch.randn(2, 2),)
+    m = convert_pt2e(
+        _calibrated(prepare_pt2e(export(LinearModel().eval(), inputs), symmetric()), inputs)
+    )
+    first = m(*inputs)
+    again = convert_pt2e(_calibrated(prepare_pt2e(m, symmetric()), inputs))
+    counts = op_counts(again)
+    # each activation gets a second q/dq pair; the weight's dequantize -> quantize chain is
+    # constant and folds into a new int8 constant, so the weight still has one dequantize
+    assert (counts[Q], counts[DQ]) == (4, 5)
+    weight_dq = next(n for n in again.graph.nodes if n.target == DQ and n.args[0].op == "get_attr")
+    assert getattr(again, weight_dq.args[0].target).dtype == torch.int8
+    # Re-quantizing moves the input by at most half a step of its new grid (which the 2x2
+    # linear scales by its small weights) and the output by at most half an output step:
+    # well within two output steps, while a miswired graph would be off by far more.
+    out_scale = next(iter(again.graph.find_nodes(op="output"))).args[0][0].args[0].args[1]
+    assert (again(*inputs) - first).abs().max() <= 2 * out_scale
+
+
+def _calibrated(m, inputs):
+    m(*inputs)
+    return m
