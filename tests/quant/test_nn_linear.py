@@ -203,10 +203,18 @@ def test_script_trace_export_round_trip_give_identical_outputs(engine, cls):
             assert torch.equal(loaded(*other)[0], run(m, engine, other))
 
 
-def test_scripting_bakes_the_context_engine():
+def test_scripted_module_computes_with_its_engine_attribute():
+    # TorchScript cannot see use_engine(): "" computes reference; the attribute stays settable.
     m = make_linear(qnn.Linear, 8, 4)
+    args = make_input((2, 8))
+    with compat.expected_torch_deprecations():
+        scripted = torch.jit.script(m)
+    assert scripted.engine == "" and m.engine == ""  # scripting does not pin the eager module
+    assert torch.equal(scripted(*args)[0], run(m, "reference", args))
+    scripted.engine = "int_mm"
+    assert torch.equal(scripted(*args)[0], run(m, "int_mm", args))
     assert script_roundtrip(m, "int_mm").engine == "int_mm"
-    assert m.engine == ""  # the eager module still follows the context
+    assert m.engine == ""
 
 
 def test_exported_graph_has_no_data_dependent_ops():

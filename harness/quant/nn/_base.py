@@ -13,7 +13,10 @@ Conventions every module follows
 * ``engine``: ``""`` follows :func:`harness.quant.engines.use_engine` (default ``reference``);
   a name pins the module to that engine. Native engines (fbgemm, x86, qnnpack, onednn) run
   eagerly only; ``torch.jit.script`` / ``torch.jit.trace`` / ``torch.export`` need ``reference``
-  or ``int_mm`` (scripting bakes the engine in effect at scripting time into the copy).
+  or ``int_mm``. Trace and export record the engine in effect (context included). TorchScript
+  cannot see :func:`use_engine`: a scripted module computes with its own ``engine`` attribute,
+  ``""`` meaning ``reference`` (bit-identical to ``int_mm``, only slower); pin ``int_mm`` with
+  ``set_engine`` before scripting or assign ``scripted.engine = "int_mm"`` afterwards.
 * state_dict: tensors only (safetensors-compatible); the layout carries a ``_version``; older
   layouts are migrated in ``_load_from_state_dict``. Loading adopts the stored tensors' shapes
   and dtypes (per-tensor vs per-channel qparams, with or without bias).
@@ -28,7 +31,6 @@ State-dict versions (shared by every module)
   ``zero_point`` int64 ``[1]``, as torch.ao names them.
 """
 
-import copy
 from typing import Any
 
 import torch
@@ -183,19 +185,17 @@ class QuantizedModule(nn.Module):
         return engine
 
     def __prepare_scriptable__(self) -> nn.Module:
-        # torch.jit.script compiles forward once, without Python's use_engine context: bake the
-        # engine in effect now into a shallow copy (the copy shares parameters and buffers).
-        engine = E.resolve_engine(self.engine)
-        if engine in E.NATIVE_ENGINES:
+        # TorchScript cannot see use_engine(): a scripted module computes with its own
+        # ``engine`` attribute ("" = reference; settable on the ScriptModule afterwards).
+        # Native engines cannot be compiled at all; say so instead of silently changing them.
+        if self.engine in E.NATIVE_ENGINES or (
+            self.engine == "" and E.current_engine() in E.NATIVE_ENGINES
+        ):
             raise ValueError(
-                f"engine: {engine!r} runs eagerly only; torch.jit.script needs 'reference' or "
-                f"'int_mm'"
+                f"engine: {E.resolve_engine(self.engine)!r} runs eagerly only; "
+                f"torch.jit.script needs 'reference' or 'int_mm'"
             )
-        if engine == self.engine:
-            return self
-        clone = copy.copy(self)
-        clone.__dict__["engine"] = engine
-        return clone
+        return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -11,12 +11,22 @@ from torch import nn
 
 from harness import compat
 from harness.quant import engines as E
+from harness.quant.nn._base import QuantizedModule
 
 
 def script_roundtrip(module: nn.Module, engine: str) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` under ``use_engine(engine)``, saved to bytes and loaded back."""
-    with E.use_engine(engine), compat.expected_torch_deprecations():
-        scripted = torch.jit.script(module)
+    """``torch.jit.script`` with every qbc module pinned to ``engine`` (TorchScript cannot see
+    ``use_engine``), saved to bytes and loaded back; the modules' engines are restored."""
+    previous = {m: m.engine for m in module.modules() if isinstance(m, QuantizedModule)}
+    try:
+        for m in previous:
+            m.set_engine(engine)
+        with compat.expected_torch_deprecations():
+            scripted = torch.jit.script(module)
+    finally:
+        for m, e in previous.items():
+            m.engine = e
+    with compat.expected_torch_deprecations():
         buf = io.BytesIO()
         torch.jit.save(scripted, buf)
         buf.seek(0)
