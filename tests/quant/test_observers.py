@@ -781,6 +781,20 @@ def test_float_qparams_observer_matches_torch_ao_for_embeddings():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_symmetric_float8_observer_scales_the_largest_magnitude_to_the_float8_maximum(dtype):
+    # scale-only float8: s = max|x| / fmax, zero point 0, so nothing saturates
+    obs = MinMaxObserver(dtype=dtype, qscheme=torch.per_tensor_symmetric)
+    x = torch.randn(100) * 5
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    fmax = torch.finfo(dtype).max
+    assert scale.item() == pytest.approx(x.abs().max().item() / fmax, rel=1e-6)
+    assert zp.tolist() == [0]
+    q = P.quantize(x, scale, zp, dtype)
+    assert q.to(torch.float32).abs().max().item() <= fmax
+
+
 def test_with_args_builds_fresh_instances_with_bound_arguments():
     ctor = MinMaxObserver.with_args(dtype=torch.qint8).with_args(quant_min=-10, quant_max=10)
     a, b = ctor(), ctor()
