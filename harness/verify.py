@@ -114,28 +114,46 @@ def _fail(item: CheckItem, what: str, detail: str) -> GoldenFailure:
 
 
 #: Called on a numeric failure as hook(stored: dict, today: dict) -> str | None (the first
-#: divergent op's description). Set by the numeric debugger; see :func:`first_divergence`.
+#: divergent op's description). None: the numeric debugger's ``describe_first_divergence``
+#: (first debug handle, in topological order, whose SQNR against the golden is below 40 dB).
 DIVERGENCE_HOOK: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
 
 
+def _exported_intermediates(path: str, inputs: tuple[Any, ...]) -> dict[str, Any]:
+    import torch
+
+    from harness.quant.pt2e.numeric_debugger import program_intermediates
+
+    return program_intermediates(torch.export.load(path), inputs)
+
+
 def first_divergence(item: CheckItem, today: Built) -> str | None:
-    """Name the first divergent op of a failing export-based golden, when it has intermediates."""
-    if "intermediates" not in item.golden.formats or today.intermediates is None:
+    """Name the first divergent op of a failing export-based golden, when it has intermediates.
+
+    The stored per-handle outputs are compared with those of what failed: the reloaded exported
+    program for the ``exported`` load check (in a child process, like the load itself), today's
+    build otherwise. Only a diagnosis: if it cannot be made, it says why instead of raising.
+    """
+    if "intermediates" not in item.golden.formats:
         return None
     import torch
 
-    stored = torch.load(item.golden.path("intermediates"), weights_only=True)
-    hook = DIVERGENCE_HOOK
-    if hook is None:
-        # Default: walk debug handles in order and report the first whose outputs differ.
-        for handle in sorted(stored, key=lambda h: int(h) if str(h).isdigit() else str(h)):
-            mine = today.intermediates.get(handle, today.intermediates.get(str(handle)))
-            if mine is None or not torch.equal(
-                torch.as_tensor(mine), torch.as_tensor(stored[handle])
-            ):
-                return f"first divergent debug handle: {handle}"
-        return None
-    return hook(stored, {str(k): v for k, v in today.intermediates.items()})
+    from harness.quant.pt2e import numeric_debugger as nd
+
+    try:
+        stored = torch.load(item.golden.path("intermediates"), weights_only=True)
+        if item.fmt == "exported":
+            path = str(item.golden.path("exported"))
+            mine = isolation.call(_exported_intermediates, path, today.inputs)
+        elif today.intermediates is not None:
+            mine = today.intermediates
+        elif today.exported is not None:
+            mine = nd.program_intermediates(today.exported, today.inputs)
+        else:
+            return None
+        return (DIVERGENCE_HOOK or nd.describe_first_divergence)(stored, mine)
+    except Exception as exc:  # a diagnosis must never hide the failure it explains
+        return f"first divergent op: not determined ({type(exc).__name__}: {exc})"
 
 
 @integrity.guarded  # unknown names, broken manifests, corrupt data: that golden's failure

@@ -3,9 +3,10 @@
 ``import harness`` registers the ``quantized_decomposed`` ops, so loading an exported golden never
 depends on the caller importing anything else first.
 
-``intermediates`` is the numeric debugger's hook: an export-based case may set
-``Built.intermediates`` to ``{debug_handle: tensor}``; the runner then stores it, and on a numeric
-failure calls :func:`harness.verify.first_divergence` to name the first divergent op.
+``intermediates`` is the numeric debugger's hook: an export-based case lists the format and the
+generator stores ``Built.intermediates`` or, when the builder left it None, every debug handle's
+output of ``Built.exported`` (harness.quant.pt2e.numeric_debugger.program_intermediates); on a
+numeric failure :func:`harness.verify.first_divergence` names the first divergent op.
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ def read_exported(path: Path, ctx: LoadContext | None) -> Any:
 
 
 def write_intermediates(b: Built, path: Path) -> None:
-    if b.intermediates is None:
-        raise ValueError("case recorded no intermediates")
-    torch.save({str(k): v for k, v in b.intermediates.items()}, path)
+    data = b.intermediates
+    if data is None and b.exported is not None:
+        # Every debug handle's output of the exported program on the case's inputs (handles
+        # generated on the float graph before prepare_pt2e name the float ops).
+        from harness.quant.pt2e.numeric_debugger import program_intermediates
+
+        data = program_intermediates(b.exported, b.inputs)
+    if data is None:
+        raise ValueError("case recorded no intermediates and built no exported program")
+    torch.save({str(k): v for k, v in data.items()}, path)
 
 
 register(

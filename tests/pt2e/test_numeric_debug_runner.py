@@ -119,6 +119,22 @@ def _replace_file(golden: st.Golden, fmt: str, new_file: Path) -> None:
     mf.write_manifest(manifest_path, manifest)
 
 
+def _lifted_tensor(program: torch.export.ExportedProgram, placeholder: str) -> torch.Tensor:
+    """The parameter, buffer or constant tensor an exported graph's placeholder stands for."""
+    sig = program.graph_signature
+    for mapping in (
+        sig.inputs_to_parameters,
+        sig.inputs_to_buffers,
+        sig.inputs_to_lifted_tensor_constants,
+    ):
+        if placeholder in mapping:
+            name = mapping[placeholder]
+            return (
+                program.state_dict[name] if name in program.state_dict else program.constants[name]
+            )
+    raise KeyError(placeholder)
+
+
 def test_generator_stores_the_intermediates_of_every_handled_op(golden_store: Path) -> None:
     golden = _golden(golden_store)
     stored = Intermediates.from_dict(torch.load(golden.path("intermediates"), weights_only=True))
@@ -145,8 +161,7 @@ def test_corrupted_weight_in_exported_golden_is_localized_to_its_op(
     handle = get_numeric_debug_handle(node)
     # the weight is an int8 constant feeding a dequantize; swapping its output channels keeps
     # the values (and qparams) but puts them on the wrong channels
-    weight_name = str(node.args[1].args[0].target)
-    weight = program.constants[weight_name]
+    weight = _lifted_tensor(program, node.args[1].args[0].name)
     weight.copy_(torch.flip(weight, dims=[0]))
     corrupted = tmp_path / "exported.pt2"
     torch.export.save(program, str(corrupted))
