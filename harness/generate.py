@@ -39,7 +39,7 @@ def write_golden(case: Case, engine: str, producer_tmp: Path, command: str) -> N
     manifest = mf.new_manifest(case.subject, case.spec(), engine, case.seed, command)
     with tempfile.TemporaryDirectory(prefix="qbc-gen-") as scratch, subject.use_engine(engine):
         built = case.builder(BuildContext(case, engine))
-        for name in case.formats:
+        for name in case.formats_for(engine):
             fmt = get_format(name)
             path = Path(scratch) / fmt.filename
             fmt.write(built, path)

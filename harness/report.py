@@ -76,7 +76,7 @@ def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
         subject = get_subject(case.subject)
         for engine in case.engines or subject.engines():
             if subject.unavailable_reason(engine) is None:
-                want.update((case.subject, engine, case.name, f) for f in case.formats)
+                want.update((case.subject, engine, case.name, f) for f in case.formats_for(engine))
     return {
         "producer": producer,
         "covered": len(have & want),

@@ -37,6 +37,8 @@ class BuildContext:
         if self.inputs is not None:
             return self.inputs
         gen = torch.Generator().manual_seed(self.case.seed + 1)
+        if self.case.make_inputs is not None:
+            return tuple(self.case.make_inputs(self.case.input_shapes, gen))
         return tuple(self.case.make_input(shape, gen) for shape in self.case.input_shapes)
 
 
@@ -96,6 +98,17 @@ class Case:
     #: dynamic LSTM pickles TorchScript packed-params objects); they load with full unpickling,
     #: which can run code, and the manifest and report say so
     trusted_load: tuple[str, ...] = ()
+    #: builds the whole input tuple at once (e.g. integer codes + scale + zero point); when None,
+    #: one ``make_input(shape)`` per entry of ``input_shapes``
+    make_inputs: Callable[[tuple[tuple[int, ...], ...], torch.Generator], tuple[Any, ...]] | None = None
+    #: engine -> formats, for engines that support fewer formats (e.g. eager-only kernels)
+    formats_by_engine: dict[str, tuple[str, ...]] | None = field(default=None, hash=False)
+
+    def formats_for(self, engine: str) -> tuple[str, ...]:
+        """The formats written for ``engine``."""
+        if self.formats_by_engine and engine in self.formats_by_engine:
+            return self.formats_by_engine[engine]
+        return self.formats
     description: str = ""
 
     def spec(self) -> dict[str, Any]:
@@ -109,6 +122,7 @@ class Case:
             "calibration": self.calibration,
             "formats": list(self.formats),
             "engines": list(self.engines) if self.engines is not None else None,
+            "formats_by_engine": {k: list(v) for k, v in (self.formats_by_engine or {}).items()},
             "description": self.description,
             "trusted_load": list(self.trusted_load),
         }
