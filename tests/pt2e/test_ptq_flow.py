@@ -448,3 +448,13 @@ def test_a_value_passed_between_two_configs_with_equal_activation_specs_is_quant
     assert op_counts(m)[Q] == 4
     linear = next(n for n in m.graph.nodes if n.target == aten.linear.default)
     assert linear.args[0].args[0].args[0].target == aten.permute.default
+
+
+def test_transposed_conv_weight_is_quantized_per_output_channel_on_axis_1():
+    inputs = (torch.randn(1, 3, 4, 4),)
+    model = torch.nn.Sequential(torch.nn.ConvTranspose2d(3, 5, 3)).eval()
+    m = quantize(model, symmetric(is_per_channel=True), inputs)
+    dq = next(n for n in m.graph.nodes if n.target == DQ_CH)
+    # a transposed conv weight is [in=3, out=5, kH, kW]: one scale per output channel, axis 1
+    assert dq.args[3] == 1 and getattr(m, dq.args[1].target).shape == (5,)
+    assert m(*inputs).shape == (1, 5, 6, 6)
