@@ -45,11 +45,11 @@ source: str = "unregistered"
 
 
 def _quantize(input, scale, zero_point, quant_min, quant_max, dtype):
-    if dtype in P.FLOAT8_DTYPES:
-        return P.quantize_float8(input, scale, dtype)
-    return P._quantize(
-        input, torch.as_tensor(scale), torch.as_tensor(zero_point), quant_min, quant_max, dtype
-    )
+    # A float scale stays float64 until the kernel takes 1/s, as torch's op does; float8 dtypes
+    # go through the same round-and-clamp as integers there, so ours must too.
+    s = torch.as_tensor(scale, dtype=torch.float64)
+    q = P._quantize(input, s, torch.as_tensor(zero_point), quant_min, quant_max, torch.float32)
+    return q.to(dtype)
 
 
 def _dequantize(input, scale, zero_point, quant_min, quant_max, dtype, *, out_dtype=None):
