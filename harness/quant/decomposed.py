@@ -74,8 +74,10 @@ def _choose(input, quant_min, quant_max, eps, dtype, qscheme):
     return P.choose_qparams(lo, hi, dtype, qscheme, quant_min, quant_max, eps=eps)
 
 
-def _define_ours() -> torch.library.Library:
-    lib = torch.library.Library("quantized_decomposed", "DEF")
+def _define_ours(namespace: str = "quantized_decomposed") -> torch.library.Library:
+    """Define the schemas under ``namespace`` with qbc's kernels (tests use another namespace
+    to compare ours with torch's op for op)."""
+    lib = torch.library.Library(namespace, "DEF")
     impls = {
         "quantize_per_tensor": _quantize,
         "quantize_per_tensor.tensor": _quantize,
