@@ -19,6 +19,9 @@ Measured on torch 2.6, 2.13 and 2.14 (tests/pt2e/test_numeric_debug_handle.py pa
   cond's handle on the nodes torch creates around it (the branch ``get_attr`` nodes, the
   ``getitem`` unpacking its result, the branches' placeholders and outputs); those node kinds are
   never *handled* (below), so this does not create new handles.
+* torch 2.13 and 2.14 (not 2.6) also write their own ``_torchdynamo_disable*`` keys into
+  ``meta["custom"]`` of nodes they re-trace, so the handle is always read by its key, and a
+  ``custom`` dict is replaced rather than updated (torch may share one dict between nodes).
 
 Handled nodes (the ones that receive a handle, and the ones loggers watch) are ``call_function``
 nodes except ``operator.getitem`` (a getitem only unpacks the output of the op it reads, which is
