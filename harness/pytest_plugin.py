@@ -11,6 +11,10 @@ Options:
   --qbc-policy PATH         tolerance policy TOML (default: harness/data/policy.toml)
   --qbc-known-breaks PATH   known-breaks TOML (default: harness/data/known_breaks.toml)
   --qbc-results PATH        write every check's outcome as JSON (used by ``qbc verify``)
+  --qbc-torch-threads N     torch intra-op threads in a process that runs BC checks (default 1;
+                            0 keeps torch's default). Goldens are tiny: extra threads only add
+                            synchronization, which costs most on a loaded machine or with xdist
+                            (bench/README.md: 1 thread cut the runner's CPU time by ~40%).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qbc-policy", default=None, help="tolerance policy TOML")
     group.addoption("--qbc-known-breaks", default=None, help="known-breaks TOML")
     group.addoption("--qbc-results", default=None, help="write check outcomes as JSON here")
+    group.addoption(
+        "--qbc-torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads while running BC checks (default 1; 0: torch's default)",
+    )
 
 
 def store_path(config: pytest.Config) -> Path:
@@ -44,6 +54,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from harness.verify import collect, known_break
 
     config = metafunc.config
+    threads = config.getoption("--qbc-torch-threads")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     kb = config.getoption("--qbc-known-breaks")
     breaks = load_known_breaks(Path(kb) if kb else None)
     params = []
