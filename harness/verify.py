@@ -12,10 +12,11 @@ For a golden ``<subject>/<producer>/<engine>/<case>`` and one of its formats:
 
 Every file's sha256 and size are checked against the manifest before it is loaded.
 
-Extension point for the numeric debugger: when a numeric check fails and the golden carries an
-``intermediates`` file, :func:`first_divergence` is called with the stored and today's
-per-handle outputs; :data:`DIVERGENCE_HOOK` (default: harness.quant.pt2e.numeric_debugger's
-``compare_results`` when it exists) names the first op whose outputs diverge.
+Numeric debugger: when a numeric check fails and the golden carries an ``intermediates`` file
+(per-debug-handle outputs), :func:`first_divergence` compares them with those of what failed
+(the reloaded ``exported`` program, or today's build) and the failure names the first op whose
+SQNR falls below 40 dB, e.g. "first divergent op: aten.conv1d, handle 3, SQNR 2.4 dB"
+(:data:`DIVERGENCE_HOOK` replaces that rule).
 
 This module also holds the test function itself (``test_golden``), so ``qbc verify`` can run it
 with pytest from an installed package; ``tests/bc/test_goldens.py`` re-exports it.
