@@ -396,3 +396,26 @@ def test_composed_model_round_trips_through_every_format():
         export_roundtrip(net, (x,), "int_mm"),
     ):
         assert torch.equal(loaded(x), eager)
+
+
+@pytest.mark.parametrize("engine", [p for p in NATIVE if p.values[0] in ("fbgemm", "x86")])
+def test_from_float_with_torch_ao_qconfig_equals_torch_ao_from_float(engine):
+    # End to end: the same float module, torch.ao's own qconfig and calibration, then
+    # torch.ao's from_float vs ours; same weights, same qparams, same output codes.
+    torch.manual_seed(0)
+    f = torch.nn.Linear(16, 8)
+    x = torch.randn(32, 16)
+    with E.native_backend(engine), compat.expected_torch_deprecations():
+        import torch.ao.nn.quantized as nnq
+        import torch.ao.quantization as tq
+
+        f.qconfig = tq.get_default_qconfig(engine)
+        f.activation_post_process = f.qconfig.activation()
+        f.activation_post_process(f(x))
+        ao = nnq.Linear.from_float(f)
+        qx = torch.quantize_per_tensor(x, 0.03, 64, torch.quint8)
+        expected = ao(qx).int_repr()
+        ours = qnn.Linear.from_float(f)
+        assert torch.equal(ours.weight, ao.weight().int_repr())
+    args = (qx.int_repr(), torch.tensor([0.03]), torch.tensor([64]))
+    assert torch.equal(run(ours, engine, args), expected)
