@@ -104,13 +104,13 @@ def emit(payload: dict[str, Any]) -> None:
     print("BENCH " + json.dumps(payload), flush=True)
 
 
-def alternate(runs: Iterable[tuple[Sequence[str], Timing]], repeats: int) -> None:
-    """Run each command ``repeats`` times, interleaved (A B A B ...), so a load change on the
-    machine hits both sides of a ratio alike."""
+def alternate(runs: Iterable[tuple[Any, ...]], repeats: int) -> None:
+    """Run each ``(cmd, timing[, env])`` ``repeats`` times, interleaved (A B A B ...), so a load
+    change on the machine hits both sides of a ratio alike."""
     runs = list(runs)
     for _ in range(repeats):
-        for cmd, timing in runs:
-            run_timed(cmd, timing)
+        for cmd, timing, *env in runs:
+            run_timed(cmd, timing, env=env[0] if env else None)
 
 
 def load_average() -> str:
@@ -124,19 +124,22 @@ def make_store(
     engines: Sequence[str] | None = None,
     source: Path = STORE,
     cases: Sequence[str] | None = None,
+    producers: Sequence[str] | None = None,
 ) -> int:
     """A synthetic store in ``dest``: ``copies`` renamed copies of every producer of ``source``.
 
     Copy k>0 of producer ``torch-X_qbc-Y`` is named ``torch-X_qbc-Y+copyK`` (same torch release,
     so the same policy and known breaks apply; its files are real goldens, byte-identical, and
     the runner checks them like any other producer). ``engines`` keeps only those engine
-    folders, ``cases`` only those case folders. Returns the number of goldens written.
+    folders, ``cases`` only those case folders, ``producers`` only those producers. Returns the number of goldens written.
     """
     n = 0
     for producer_dir in sorted(source.glob("*/*")):
         if not producer_dir.is_dir() or producer_dir.name.startswith("."):
             continue
         subject = producer_dir.parent.name
+        if producers is not None and producer_dir.name not in producers:
+            continue
         for k in range(copies):
             name = producer_dir.name + (f"+copy{k}" if k else "")
             target = dest / subject / name
@@ -150,6 +153,18 @@ def make_store(
                             shutil.copytree(case_dir, target / child.name / case_dir.name)
                             n += 1
     return n
+
+
+def current_producer() -> str:
+    """The producer id of this environment (torch release + qbc version)."""
+    from harness.manifest import producer_id
+
+    return producer_id()
+
+
+def selection(engines: Sequence[str] | None, all_producers: bool) -> dict[str, Any]:
+    """make_store keyword arguments for the goldens a store-wide benchmark uses."""
+    return {"engines": engines, "producers": None if all_producers else [current_producer()]}
 
 
 def header(title: str) -> None:

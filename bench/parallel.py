@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, STORE, Timing, alternate, header, make_store, ratio_line
+from common import PYTHON, Timing, alternate, header, make_store, ratio_line, selection
 
 TARGET = 1.7
 
@@ -49,17 +49,17 @@ def bench(
     engines: list[str] | None = None,
     dist: str | None = None,
     torch_threads: int | None = None,
+    all_producers: bool = False,
 ) -> dict[str, Any]:
     header("parallelism: pytest tests/bc -n 2 vs -n 0")
     extra = ["--dist", dist] if dist else []
     if torch_threads is not None:
         extra.append(f"--qbc-torch-threads={torch_threads}")
     with tempfile.TemporaryDirectory(prefix="qbc-bench-store-") as tmp:
-        store = STORE
-        if engines:
-            store = Path(tmp) / "golden"
-            n = make_store(store, engines=engines)
-            print(f"store: committed goldens of engines {engines} ({n} goldens)")
+        store = Path(tmp) / "golden"
+        sel = selection(engines, all_producers)
+        n = make_store(store, **sel)
+        print(f"store: copy of the committed goldens {sel} ({n} goldens)")
         print(f"options: {' '.join(extra) or '(defaults)'}")
         serial, par = Timing("-n 0"), Timing("-n 2")
         alternate(
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", action="append", help="only goldens of this engine (repeatable)")
     p.add_argument("--dist", help="pytest-xdist --dist mode (default: xdist's own default)")
     p.add_argument("--torch-threads", type=int, help="--qbc-torch-threads for the runner")
+    p.add_argument("--all-producers", action="store_true", help="every producer, not only today's")
     args = p.parse_args(argv)
-    bench(args.repeats, args.engine, args.dist, args.torch_threads)
+    bench(args.repeats, args.engine, args.dist, args.torch_threads, args.all_producers)
     return 0
 
 

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     PYTHON,
-    REPO,
     STORE,
     Timing,
     alternate,
@@ -44,6 +43,7 @@ from common import (
     header,
     make_store,
     ratio_line,
+    selection,
 )
 
 TARGET = 1.10
@@ -124,18 +124,35 @@ def runner_loop(store: Path) -> dict[str, int]:
     return counts
 
 
-def child(mode: str, store: Path) -> None:
+def child(mode: str, store: Path, threads: int) -> None:
     t0 = time.perf_counter()
-    import torch  # noqa: F401
+    import resource
+
+    import torch
+
+    if threads > 0:  # the same setting as the pytest runner's --qbc-torch-threads
+        torch.set_num_threads(threads)
 
     import harness
     import harness.cases.torch_ao
     import harness.verify  # noqa: F401
 
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     counts = (bare_loop if mode == "bare" else runner_loop)(store)
-    t2 = time.perf_counter()
-    emit({"import": t1 - t0, "work": t2 - t1, **counts})
+    t2, c2 = time.perf_counter(), time.process_time()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # work_cpu: this process's CPU seconds (all its threads); children_cpu: its forked,
+    # reaped children (the runner's isolated loads)
+    emit(
+        {
+            "import": t1 - t0,
+            "work": t2 - t1,
+            "work_cpu": c2 - c1,
+            "children_cpu": kids.ru_utime + kids.ru_stime,
+            "threads": torch.get_num_threads(),
+            **counts,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- profiling
@@ -195,21 +212,23 @@ def profile_runner(store: Path, top: int = 8) -> dict[str, float]:
 
 
 def bench(
-    repeats: int = 2, engines: list[str] | None = None, profile: bool = False
+    repeats: int = 2,
+    engines: list[str] | None = None,
+    profile: bool = False,
+    threads: int = 1,
+    all_producers: bool = False,
 ) -> dict[str, Any]:
     header("runner overhead: runner vs bare loop (same loads + forwards)")
     with tempfile.TemporaryDirectory(prefix="qbc-bench-store-") as tmp:
-        store = STORE
-        if engines:
-            store = Path(tmp) / "golden"
-            n = make_store(store, engines=engines)
-            print(f"store: committed goldens of engines {engines} ({n} goldens)")
-        else:
-            print(f"store: {STORE.relative_to(REPO)} (committed)")
+        store = Path(tmp) / "golden"
+        sel = selection(engines, all_producers)
+        n = make_store(store, **sel)
+        print(f"store: copy of the committed goldens {sel} ({n} goldens); torch threads {threads}")
         me = str(Path(__file__).resolve())
-        bare = Timing("bare loop   ")
-        runner = Timing("runner loop ")
-        pyt = Timing("pytest -n 0 ")
+        bare = Timing("bare loop                 ")
+        runner = Timing("runner loop               ")
+        no_iso = Timing("runner loop, QBC_ISOLATION=0")
+        pyt = Timing("pytest -n 0               ")
         pytest_cmd = [
             PYTHON,
             "-m",
@@ -221,39 +240,76 @@ def bench(
             "-n",
             "0",
             f"--qbc-store={store}",
+            f"--qbc-torch-threads={threads}",
         ]
+
+        def child_cmd(mode: str) -> list[str]:
+            return [
+                PYTHON,
+                me,
+                "--child",
+                mode,
+                "--store",
+                str(store),
+                "--torch-threads",
+                str(threads),
+            ]
+
         alternate(
             [
-                ([PYTHON, me, "--child", "bare", "--store", str(store)], bare),
-                ([PYTHON, me, "--child", "runner", "--store", str(store)], runner),
+                (child_cmd("bare"), bare),
+                (child_cmd("runner"), runner),
+                (child_cmd("runner"), no_iso, {"QBC_ISOLATION": "0"}),
                 (pytest_cmd, pyt),
             ],
             repeats,
         )
-        for t in (bare, runner, pyt):
+        for t in (bare, runner, no_iso, pyt):
             print("  " + t.describe())
-        for t in (bare, runner):
+        for t in (bare, runner, no_iso):
+            last = t.payloads[-1]
             print(
-                f"  {t.label.strip()}: import {t.payload_med('import'):.2f}s, "
-                f"work {t.payload_med('work'):.2f}s; {json.dumps(t.payloads[-1])}"
+                f"  {t.label.strip()}: import {t.payload_med('import'):.2f}s, work "
+                f"{t.payload_med('work'):.2f}s wall / {t.payload_med('work_cpu'):.2f}s cpu "
+                f"(+{t.payload_med('children_cpu'):.2f}s cpu in forked loads); "
+                + ", ".join(f"{k} {v}" for k, v in last.items() if isinstance(v, int))
             )
+
+        def work_cpu(t: Timing) -> float:
+            return t.payload_med("work_cpu") + t.payload_med("children_cpu")
+
         work = runner.payload_med("work") / bare.payload_med("work")
+        work_c = work_cpu(runner) / work_cpu(bare)
+        iso = no_iso.payload_med("work") / bare.payload_med("work")
+        iso_c = work_cpu(no_iso) / work_cpu(bare)
         whole = runner.wall_med / bare.wall_med
-        cpu = runner.cpu_med / bare.cpu_med
         pyt_ratio = pyt.wall_med / bare.wall_med
         pyt_cpu = pyt.cpu_med / bare.cpu_med
-        print(
-            "  "
-            + ratio_line("runner/bare, work phase (wall)", work, f"<= {TARGET}", work <= TARGET)
-        )
-        print("  " + ratio_line("runner/bare, whole process (wall)", whole))
-        print("  " + ratio_line("runner/bare, whole process (cpu)", cpu))
-        print("  " + ratio_line("pytest -n 0/bare, whole process (wall)", pyt_ratio))
-        print("  " + ratio_line("pytest -n 0/bare, whole process (cpu)", pyt_cpu))
+        for line in (
+            ratio_line("runner/bare, work phase (wall)", work, f"<= {TARGET}", work <= TARGET),
+            ratio_line(
+                "runner/bare, work phase (cpu incl. forks)",
+                work_c,
+                f"<= {TARGET}",
+                work_c <= TARGET,
+            ),
+            ratio_line(
+                "runner without isolation/bare, work (wall)", iso, f"<= {TARGET}", iso <= TARGET
+            ),
+            ratio_line(
+                "runner without isolation/bare, work (cpu)", iso_c, f"<= {TARGET}", iso_c <= TARGET
+            ),
+            ratio_line("runner/bare, whole process (wall)", whole),
+            ratio_line("pytest -n 0/bare, whole process (wall)", pyt_ratio),
+            ratio_line("pytest -n 0/bare, whole process (cpu)", pyt_cpu),
+        ):
+            print("  " + line)
         result = {
             "runner_over_bare_work": work,
+            "runner_over_bare_work_cpu": work_c,
+            "no_isolation_over_bare_work": iso,
+            "no_isolation_over_bare_work_cpu": iso_c,
             "runner_over_bare_wall": whole,
-            "runner_over_bare_cpu": cpu,
             "pytest_over_bare_wall": pyt_ratio,
             "pytest_over_bare_cpu": pyt_cpu,
             "bare_wall": bare.wall_med,
@@ -261,6 +317,10 @@ def bench(
             "spread": max(bare.spread(), runner.spread(), pyt.spread()),
         }
         if profile:
+            import torch
+
+            if threads > 0:
+                torch.set_num_threads(threads)
             result["profile"] = profile_runner(store)
     return result
 
@@ -270,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--engine", action="append", help="only goldens of this engine (repeatable)")
     p.add_argument("--profile", action="store_true", help="cProfile the runner loop")
+    p.add_argument(
+        "--torch-threads", type=int, default=1, help="torch threads in bare and runner (0: default)"
+    )
+    p.add_argument("--all-producers", action="store_true", help="every producer, not only today's")
     p.add_argument("--child", choices=("bare", "runner"), help=argparse.SUPPRESS)
     p.add_argument("--store", default=str(STORE), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child, Path(args.store))
+        child(args.child, Path(args.store), args.torch_threads)
         return 0
-    bench(args.repeats, args.engine, args.profile)
+    bench(args.repeats, args.engine, args.profile, args.torch_threads, args.all_producers)
     return 0
 
 

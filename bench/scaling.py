@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, REPO, Timing, header, make_store, run_timed
+from common import PYTHON, REPO, Timing, current_producer, header, make_store, run_timed
 
 DEFAULT_ENGINES = ["fbgemm"]
 DEFAULT_CASES = ["linear", "conv2d", "conv2d_graph", "lstm", "per_tensor_observer"]
@@ -55,7 +55,9 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="qbc-bench-scale-") as tmp:
         for k in factors:
             store = Path(tmp) / f"x{k}"
-            n = make_store(store, copies=k, engines=engines, cases=cases)
+            n = make_store(
+                store, copies=k, engines=engines, cases=cases, producers=[current_producer()]
+            )
             t = Timing(f"{k}x")
             run_timed(
                 [
@@ -86,7 +88,10 @@ def bench(
         )
         prof = None
         if profile:
+            import torch
             from runner_overhead import profile_runner
+
+            torch.set_num_threads(1)  # as the runner child and the pytest runner
 
             mid = factors[len(factors) // 2]
             print(f"  profile at {mid}x (imports excluded; import phase above):")
