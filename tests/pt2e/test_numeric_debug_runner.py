@@ -7,6 +7,8 @@ temporary folder, so no committed golden is read or touched.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from harness.quant.pt2e import (
     get_symmetric_quantization_config,
     prepare_pt2e,
 )
+from harness.quant.pt2e.graph_utils import fetch_attr
 from harness.quant.pt2e.numeric_debugger import (
     Intermediates,
     generate_numeric_debug_handle,
@@ -47,8 +50,17 @@ class Conv2dThenConv1d(torch.nn.Module):
         return self.conv1d(self.conv2d(x).squeeze(0))
 
 
-def _build(ctx: BuildContext) -> Built:
-    """export -> debug handles on the float graph -> int8 per-tensor PTQ -> exported program."""
+def _flip_output_channels(weight: torch.Tensor) -> None:
+    """Swap a weight's output channels: same values and qparams, on the wrong channels."""
+    with torch.no_grad():
+        weight.copy_(torch.flip(weight, dims=[0]))
+
+
+def _build(ctx: BuildContext, corrupt: str | None = None) -> Built:
+    """export -> debug handles on the float graph -> int8 per-tensor PTQ -> exported program.
+
+    ``corrupt`` names a conv whose int8 weight today's code gets wrong (a simulated regression).
+    """
     torch.manual_seed(ctx.case.seed)
     inputs = ctx.make_inputs()
     gm = export_module(Conv2dThenConv1d(), inputs)
@@ -59,6 +71,11 @@ def _build(ctx: BuildContext) -> Built:
     )
     gm(*inputs)
     gm = convert_pt2e(gm)
+    if corrupt is not None:
+        conv = next(n for n in gm.graph.nodes if n.name == corrupt)
+        # conv <- dequantize <- get_attr of the folded int8 weight
+        _flip_output_channels(fetch_attr(gm, str(conv.args[1].args[0].target)))
+        gm.recompile()
     return Built(
         model=gm,
         inputs=inputs,
@@ -159,10 +176,8 @@ def test_corrupted_weight_in_exported_golden_is_localized_to_its_op(
     program = torch.export.load(str(golden.path("exported")))
     node = next(n for n in program.graph.nodes if n.name == conv)
     handle = get_numeric_debug_handle(node)
-    # the weight is an int8 constant feeding a dequantize; swapping its output channels keeps
-    # the values (and qparams) but puts them on the wrong channels
-    weight = _lifted_tensor(program, node.args[1].args[0].name)
-    weight.copy_(torch.flip(weight, dims=[0]))
+    # the weight is an int8 constant feeding a dequantize
+    _flip_output_channels(_lifted_tensor(program, node.args[1].args[0].name))
     corrupted = tmp_path / "exported.pt2"
     torch.export.save(program, str(corrupted))
     _replace_file(golden, "exported", corrupted)
@@ -171,4 +186,24 @@ def test_corrupted_weight_in_exported_golden_is_localized_to_its_op(
         run_check(CheckItem(_golden(store), "exported"), Policy.load())
 
     message = str(failure.value)
+    assert f"first divergent op: aten.{conv}, handle {handle}, SQNR " in message, message
+
+
+@pytest.mark.parametrize("conv", ["conv1d", "conv2d"])
+def test_reproduce_check_regression_is_localized_to_its_op(
+    golden_store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, conv: str
+) -> None:
+    # The golden is intact; today's code quantizes one conv's weight wrongly.
+    store = _copy_store(golden_store, tmp_path / "store")
+    regressed = dataclasses.replace(CASE, builder=functools.partial(_build, corrupt=conv))
+    monkeypatch.setattr(qbc_cases, "CASES", [regressed])
+    golden = _golden(store)
+    program = torch.export.load(str(golden.path("exported")))
+    handle = get_numeric_debug_handle(next(n for n in program.graph.nodes if n.name == conv))
+
+    with pytest.raises(GoldenFailure) as failure:
+        run_check(CheckItem(golden, "expected"), Policy.load())
+
+    message = str(failure.value)
+    assert "reproduce check" in message
     assert f"first divergent op: aten.{conv}, handle {handle}, SQNR " in message, message
