@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import compat
 from harness.quant import engines as E
@@ -192,3 +194,23 @@ def test_requantize_saturates_at_the_output_range():
     one = torch.tensor([1.0])
     q = E.requantize(acc, None, one, one, one, torch.tensor([0]), -128, 127, torch.int8, 1)
     assert q.tolist() == [[-128, 127]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 40),
+    n=st.integers(1, 9),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_int_mm_equals_reference_for_any_shape_and_zero_points(m, k, n, signed, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x_dtype = torch.int8 if signed else torch.uint8
+    x = _codes((m, k), x_dtype, gen)
+    w = _codes((n, k), torch.int8, gen)
+    lo, hi = (-128, 128) if signed else (0, 256)
+    x_zp = torch.randint(lo, hi, (1,), generator=gen)
+    w_zp = torch.randint(-128, 128, (n,), generator=gen)
+    ref = E.matmul_acc_reference(x, x_zp, w, w_zp).to(torch.float64)
+    assert torch.equal(E.matmul_acc_int_mm(x, x_zp, w, w_zp), ref)

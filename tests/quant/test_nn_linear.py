@@ -419,3 +419,21 @@ def test_from_float_with_torch_ao_qconfig_equals_torch_ao_from_float(engine):
         assert torch.equal(ours.weight, ao.weight().int_repr())
     args = (qx.int_repr(), torch.tensor([0.03]), torch.tensor([64]))
     assert torch.equal(run(ours, engine, args), expected)
+
+
+@pytest.mark.parametrize("engine", NATIVE)
+def test_module_pickles_and_deep_copies_after_native_use(engine):
+    # Native engines cache torch's packed weights on the module; copies and pickles drop the
+    # cache (packed params are torch objects, not part of qbc's state) and rebuild it.
+    import copy
+    import io
+
+    m = make_linear(qnn.Linear, 8, 4)
+    args = make_input((2, 8), high=128)
+    expected = run(m, engine, args)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for clone in (copy.deepcopy(m), torch.load(buf, weights_only=False)):
+        assert "_native_cache" not in clone.__dict__
+        assert torch.equal(run(clone, engine, args), expected)
