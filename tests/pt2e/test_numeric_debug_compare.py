@@ -28,6 +28,7 @@ from harness.quant.pt2e.numeric_debugger import (
     extract_results_from_loggers,
     find_first_divergence,
     first_divergent_op,
+    format_comparison,
     generate_numeric_debug_handle,
     get_numeric_debug_handle,
     l2_error,
@@ -275,6 +276,20 @@ def test_per_tensor_int8_conv2d_conv1d_keeps_35db_sqnr_at_every_op(float_and_qua
     for node in summary.values():
         assert node.results[0].sqnr >= 35, (node.op_name, node.results[0].sqnr)
         assert node.results[0].sqnr < math.inf  # quantization did change the values
+
+
+def test_format_comparison_has_one_row_per_handle(float_and_quantized) -> None:
+    float_gm, quant_gm, example_inputs = float_and_quantized
+    ref, actual = (prepare_for_propagation_comparison(m) for m in (float_gm, quant_gm))
+    ref(*example_inputs)
+    actual(*example_inputs)
+    summary = compare_results(
+        extract_results_from_loggers(ref), extract_results_from_loggers(actual)
+    )
+    header, *rows = format_comparison(summary).splitlines()
+    assert header.split()[:2] == ["handle", "op"]
+    assert [row.split()[:2] for row in rows] == [[str(h), s.op_name] for h, s in summary.items()]
+    assert f"{summary[1].results[0].sqnr:.1f}" in rows[0]
 
 
 def test_list_outputs_are_compared_element_by_element() -> None:

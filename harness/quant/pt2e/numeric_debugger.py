@@ -70,6 +70,7 @@ __all__ = [
     "extract_results_from_loggers",
     "find_first_divergence",
     "first_divergent_op",
+    "format_comparison",
     "generate_numeric_debug_handle",
     "get_numeric_debug_handle",
     "is_handled_node",
@@ -537,6 +538,37 @@ def compare_results(
             ],
         )
     return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v, spec) for v in value) + "]"
+    return format(value, spec)
+
+
+def format_comparison(comparison: Mapping[int, NodeAccuracySummary], call: int = -1) -> str:
+    """A text table of :func:`compare_results` (one row per handle, for forward call ``call``):
+    handle, op, compared nodes, SQNR (dB), relative L2 error, cosine similarity."""
+    header = ("handle", "op", "ref node", "actual node", "SQNR dB", "L2 err", "cosine")
+    rows = [header]
+    for h, node in comparison.items():
+        r = node.results[call]
+        rows.append(
+            (
+                str(h),
+                node.op_name,
+                node.ref_node_name,
+                node.actual_node_name,
+                _fmt(r.sqnr, ".1f"),
+                _fmt(r.l2_error, ".2e"),
+                _fmt(r.cosine_similarity, ".6f"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 # --------------------------------------------------------------------------------------------
