@@ -70,6 +70,11 @@ class Conv2dWithSplit(torch.nn.Module):
         return (torch.randn(1, 3, 5, 5),)
 
 
+class Doubler(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
 def _float_module(model_cls: type) -> torch.fx.GraphModule:
     """Export, give every op a handle, unlift: the float graph both sides derive from."""
     model = model_cls()
@@ -174,6 +179,34 @@ def test_logger_records_list_outputs_as_lists() -> None:
     (record,) = split.outputs
     assert isinstance(record, list)
     assert [t.shape[1] for t in record] == [3, 3]
+
+
+def test_ops_without_tensor_output_are_left_out_of_the_results() -> None:
+    # Exports contain ops that return None (torch 2.13 adds aten._assert_tensor_metadata for every
+    # .to(dtype)); an inserted torch._assert stands for them on every torch release.
+    x = (torch.randn(2, 3),)
+    ep = torch.export.export(Doubler(), x, strict=False)
+    mul = next(n for n in ep.graph.nodes if n.op == "call_function")
+    with ep.graph.inserting_after(mul):
+        ep.graph.call_function(torch._assert, (True, "always holds"))
+    ep.graph_module.recompile()
+    generate_numeric_debug_handle(ep)
+    gm = ep.module()
+    logged = prepare_for_propagation_comparison(gm)
+    logged(*x)
+    assert len(_loggers(logged)) == 2  # the op and the assertion both have a handle
+    results = extract_results_from_loggers(logged)
+    assert [r.op_name for r in results.values()] == ["aten.mul"]
+    assert list(compute_intermediates(gm, x).ops.values()) == ["aten.mul"]
+
+
+def test_non_tensor_elements_of_list_outputs_must_agree() -> None:
+    same = compare_results(
+        {1: _outputs(1, [torch.ones(2), 3])}, {1: _outputs(1, [torch.ones(2), 3])}
+    )
+    assert same[1].results[0].sqnr == [math.inf]
+    with pytest.raises(ValueError, match=r"handle 1 .*ref 3 vs actual 4"):
+        compare_results({1: _outputs(1, [torch.ones(2), 3])}, {1: _outputs(1, [torch.ones(2), 4])})
 
 
 # ---------------------------------------------------------------------------------------------

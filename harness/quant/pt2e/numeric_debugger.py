@@ -231,6 +231,12 @@ class OutputLogger(torch.nn.Module):
         return f"debug_handle={self.debug_handle}, node_name={self.node_name!r}, op={self.op_name}"
 
 
+def _has_tensor(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    return isinstance(x, (list, tuple)) and any(_has_tensor(v) for v in x)
+
+
 def _snapshot(x: Any) -> Any:
     # A copy, so later in-place ops in the graph cannot rewrite what was recorded.
     if isinstance(x, torch.Tensor):
@@ -358,7 +364,9 @@ def extract_results_from_loggers(model: GraphModule) -> dict[int, NodeOutputs]:
         )
     results: dict[int, NodeOutputs] = {}
     for lg in loggers:
-        if lg.stats:
+        # Ops whose output holds no tensor (``_assert_tensor_metadata`` returns None, size
+        # queries return ints) have nothing to compare and are left out.
+        if lg.stats and all(_has_tensor(record) for record in lg.stats):
             results[lg.debug_handle] = NodeOutputs(
                 lg.debug_handle, lg.node_name, lg.op_name, lg.nn_module_stack, list(lg.stats)
             )
@@ -433,6 +441,13 @@ def _check_same_structure(ref: Any, actual: Any, where: str) -> None:
             raise ValueError(f"{where}: {len(ref)} ref outputs vs {len(actual)} actual outputs")
         for i, (r, a) in enumerate(zip(ref, actual, strict=True)):
             _check_same_structure(r, a, f"{where}[{i}]")
+        return
+    if not isinstance(ref, (torch.Tensor, list, tuple)) and not isinstance(
+        actual, (torch.Tensor, list, tuple)
+    ):
+        # non-tensor elements (None, ints) carry no numerics but must still agree
+        if ref != actual:
+            raise ValueError(f"{where}: ref {ref!r} vs actual {actual!r}")
         return
     raise TypeError(
         f"{where}: cannot compare {type(ref).__qualname__} with {type(actual).__qualname__}"
@@ -680,6 +695,7 @@ class Intermediates:
 
 
 def _tensors_only(value: Any) -> Any:
+    # extract_results_from_loggers only returns records holding a tensor
     if isinstance(value, torch.Tensor):
         return value
     return [v for v in value if isinstance(v, torch.Tensor)]
