@@ -276,6 +276,21 @@ def test_metrics_against_an_all_zero_reference() -> None:
     assert cosine_similarity(zero, zero) == 1.0
 
 
+def test_a_nan_or_inf_on_one_side_only_is_total_divergence() -> None:
+    ref = torch.tensor([1.0, 2.0])
+    for bad in (float("nan"), float("inf")):
+        actual = torch.tensor([1.0, bad])
+        assert sqnr(ref, actual) == -math.inf
+        assert l2_error(ref, actual) == math.inf
+    assert find_first_divergence({1: ref}, {1: torch.tensor([1.0, float("nan")])}) is not None
+
+
+def test_the_same_nan_or_inf_on_both_sides_is_agreement() -> None:
+    x = torch.tensor([1.0, float("nan"), float("inf")])
+    assert sqnr(x, x.clone()) == math.inf
+    assert l2_error(x, x.clone()) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # compare_results
 # ---------------------------------------------------------------------------------------------

@@ -387,34 +387,44 @@ def _as_float64(x: Any, what: str) -> torch.Tensor:
     return x.detach().to(torch.float64).reshape(-1)
 
 
+def _norms(ref: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
+    """``(||ref||_2, ||ref - actual||_2)`` in float64. Elements equal on both sides (the same
+    inf, or NaN on both) add no noise; a NaN or inf on one side only makes the noise +inf; the
+    signal counts the finite elements of ``ref``."""
+    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
+    same = (r == a) | (torch.isnan(r) & torch.isnan(a))
+    diff = torch.where(same, torch.zeros_like(r), r - a)
+    noise = torch.linalg.vector_norm(diff).item()
+    if math.isnan(noise):
+        noise = math.inf
+    signal = torch.linalg.vector_norm(r[torch.isfinite(r)]).item()
+    return signal, noise
+
+
 def sqnr(ref: torch.Tensor, actual: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB, the reference being the signal:
 
         SQNR = 20 * log10(||ref||_2 / ||ref - actual||_2)
 
-    +inf when the tensors are equal, -inf when ``ref`` is all zeros and ``actual`` is not.
-    Each +6.02 dB is one more bit of agreement; int8 per-tensor quantization of a well-scaled
-    tensor gives roughly 40 dB.
+    +inf when the tensors are equal; -inf when ``ref`` is all zeros and ``actual`` is not, or
+    when one side has a NaN or inf the other lacks. Each +6.02 dB is one more bit of agreement;
+    int8 per-tensor quantization of a well-scaled tensor gives roughly 40 dB.
     """
-    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
-    noise = torch.linalg.vector_norm(r - a).item()
-    signal = torch.linalg.vector_norm(r).item()
+    signal, noise = _norms(ref, actual)
     if noise == 0.0:
         return math.inf
-    if signal == 0.0:
+    if signal == 0.0 or math.isinf(noise):
         return -math.inf
     return 20.0 * math.log10(signal / noise)
 
 
 def l2_error(ref: torch.Tensor, actual: torch.Tensor) -> float:
     """Relative L2 error ``||ref - actual||_2 / ||ref||_2`` (0 when equal; +inf when ``ref`` is all
-    zeros and ``actual`` is not). Related to SQNR by ``SQNR = -20 * log10(l2_error)``."""
-    r, a = _as_float64(ref, "ref"), _as_float64(actual, "actual")
-    noise = torch.linalg.vector_norm(r - a).item()
-    signal = torch.linalg.vector_norm(r).item()
+    zeros and ``actual`` is not, or on a one-sided NaN/inf). ``SQNR = -20 * log10(l2_error)``."""
+    signal, noise = _norms(ref, actual)
     if noise == 0.0:
         return 0.0
-    return math.inf if signal == 0.0 else noise / signal
+    return math.inf if signal == 0.0 or math.isinf(noise) else noise / signal
 
 
 def cosine_similarity(ref: torch.Tensor, actual: torch.Tensor) -> float:
@@ -773,7 +783,7 @@ def find_first_divergence(
         if h not in today_outputs:
             return Divergence(h, name, -math.inf, "missing from today's graph")
         value, detail = _worst_sqnr(golden_outputs[h], today_outputs[h])
-        if value < sqnr_threshold_db:
+        if math.isnan(value) or value < sqnr_threshold_db:
             return Divergence(h, name, value, detail)
     return None
 
