@@ -437,3 +437,34 @@ def test_module_pickles_and_deep_copies_after_native_use(engine):
     for clone in (copy.deepcopy(m), torch.load(buf, weights_only=False)):
         assert "_native_cache" not in clone.__dict__
         assert torch.equal(run(clone, engine, args), expected)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and torch.export: ~10 s
+def test_scripted_and_exported_artifacts_load_without_importing_harness(tmp_path):
+    # qbc module graphs hold only aten ops (no custom ops), so a consumer needs nothing but
+    # torch to load them: checked in a fresh interpreter that never imports harness.
+    import os
+    import subprocess
+    import sys
+
+    m = make_linear(qnn.Linear, 8, 4).set_engine("int_mm")
+    args = make_input((2, 8))
+    with compat.expected_torch_deprecations():
+        torch.jit.save(torch.jit.script(m), tmp_path / "m.pt")
+    torch.export.save(torch.export.export(m, args), tmp_path / "m.pt2")
+    torch.save({"args": args, "out": m(*args)[0]}, tmp_path / "io.pt")
+    code = (
+        "import sys, warnings, torch\n"
+        "warnings.simplefilter('ignore')\n"
+        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f"s = torch.jit.load({str(tmp_path / 'm.pt')!r})\n"
+        f"e = torch.export.load({str(tmp_path / 'm.pt2')!r}).module()\n"
+        "assert 'harness' not in sys.modules\n"
+        "assert torch.equal(s(*d['args'])[0], d['out'])\n"
+        "assert torch.equal(e(*d['args'])[0], d['out'])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_intra_op_thread
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
