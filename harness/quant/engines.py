@@ -37,7 +37,10 @@ Engines
     ``torch.backends.quantized.engine`` set. Our plain integers become torch quantized tensors
     only at this edge, inside :func:`harness.compat.expected_torch_deprecations`. They round
     their own way (float bias, float requantization, qnnpack's fixed-point multiplier), so they
-    agree with ``reference`` to within one output quantization step, not bit for bit. They run
+    agree with ``reference`` to within one output quantization step, not bit for bit, *provided
+    the activations use their qconfig's reduced range* (uint8 codes <= 127): on AVX2 CPUs
+    fbgemm, x86 and onednn add pairs of u8*s8 products in int16 (``vpmaddubsw``), which
+    saturates on full-range inputs (measured: up to 35 output steps off). They run
     eagerly only: TorchScript / trace / export of a module use ``reference`` or ``int_mm``. When
     this torch lacks them, :func:`get_engine` raises :class:`EngineUnavailable`.
 

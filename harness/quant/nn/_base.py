@@ -17,6 +17,8 @@ Conventions every module follows
   cannot see :func:`use_engine`: a scripted module computes with its own ``engine`` attribute,
   ``""`` meaning ``reference`` (bit-identical to ``int_mm``, only slower); pin ``int_mm`` with
   ``set_engine`` before scripting or assign ``scripted.engine = "int_mm"`` afterwards.
+* Scripted, traced and exported modules contain only aten ops (no custom ops, no
+  ``quantized_decomposed``): they load with plain torch, without importing ``harness``.
 * state_dict: tensors only (safetensors-compatible); the layout carries a ``_version``; older
   layouts are migrated in ``_load_from_state_dict``. Loading adopts the stored tensors' shapes
   and dtypes (per-tensor vs per-channel qparams, with or without bias).
