@@ -93,6 +93,8 @@ def test_a_crashing_load_fails_one_check_of_a_pytest_run_which_completes(
             "addopts=",
             "-qq",
             "--tb=no",
+            # harness is imported already in this process: plain asserts, no rewrite warning
+            "--assert=plain",
             "-k",
             OBSERVER,
         ]
