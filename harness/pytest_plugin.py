@@ -67,9 +67,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         entry = known_break(item, breaks)
         if entry is not None:
             marks.append(pytest.mark.xfail(strict=True, reason=f"known break: {entry.reason}"))
-        # With `--dist loadgroup`, all formats of one golden run on one worker, which then builds
-        # today's version of that case once.
-        marks.append(pytest.mark.xdist_group(item.golden.id))
+        # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
+        # one worker, which then builds today's version of that case once for all of them.
+        g = item.golden
+        marks.append(pytest.mark.xdist_group(f"{g.subject}/{g.engine}/{g.case}"))
         params.append(pytest.param(item, id=item.id, marks=marks))
     metafunc.parametrize("qbc_check", params)
 
@@ -126,6 +127,12 @@ class _Results:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        # Each xdist worker is one process per core already; intra-op threads would only fight
+        # over the same cores (the models are tiny, so no kernel parallelizes usefully).
+        import torch
+
+        torch.set_num_threads(1)
     results = config.getoption("--qbc-results", default=None)
     # Only the controller (not xdist workers) writes the results file.
     if results and not hasattr(config, "workerinput"):

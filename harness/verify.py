@@ -83,7 +83,7 @@ def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
     return None
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)  # a few hundred tiny models at most
 def _today(subject: str, case: str, engine: str, input_key: str, input_path: str) -> Built:
     """Today's build of (case, engine) on the stored inputs, cached per process."""
     import torch

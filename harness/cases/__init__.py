@@ -100,7 +100,9 @@ class Case:
     trusted_load: tuple[str, ...] = ()
     #: builds the whole input tuple at once (e.g. integer codes + scale + zero point); when None,
     #: one ``make_input(shape)`` per entry of ``input_shapes``
-    make_inputs: Callable[[tuple[tuple[int, ...], ...], torch.Generator], tuple[Any, ...]] | None = None
+    make_inputs: (
+        Callable[[tuple[tuple[int, ...], ...], torch.Generator], tuple[Any, ...]] | None
+    ) = None
     #: engine -> formats, for engines that support fewer formats (e.g. eager-only kernels)
     formats_by_engine: dict[str, tuple[str, ...]] | None = field(default=None, hash=False)
 
@@ -109,6 +111,7 @@ class Case:
         if self.formats_by_engine and engine in self.formats_by_engine:
             return self.formats_by_engine[engine]
         return self.formats
+
     description: str = ""
 
     def spec(self) -> dict[str, Any]:

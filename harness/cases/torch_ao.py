@@ -88,25 +88,29 @@ def _seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def _ts(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
-    """Scripted and traced copies of ``model``.
+def _script(model: nn.Module) -> Any:
+    return torch.jit.script(model)
+
+
+def _trace(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
+    """``torch.jit.trace`` without torch's re-run check (the golden's own load check compares
+    the traced module's output with the expected one anyway).
 
     Tracing torch.ao's dynamic LSTM converts shape checks to Python bools; torch reports that as
     a TracerWarning. The trace is only ever run on the same input shape, so it is expected here.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return torch.jit.script(model), torch.jit.trace(model, inputs)
+        return torch.jit.trace(model, inputs, check_trace=False)
 
 
 def _eager_built(qm: nn.Module, xs: tuple[Any, ...], fresh: Callable[[], nn.Module]) -> Built:
     """Built of an eager quantized module; TorchScript copies and signature made on demand."""
     built = Built(model=qm, inputs=xs, expected=qm(*xs), fresh=fresh)
-    # Script and trace once, together: TorchScript archives embed per-process class-mangling
-    # counters, so compiling twice would change the bytes of every later golden.
-    both = functools.cache(lambda: _ts(qm, xs))
-    built.scripted = lambda: both()[0]
-    built.traced = lambda: both()[1]
+    # Each compiled at most once per golden (TorchScript archives embed per-process class-mangling
+    # counters, so compiling twice would change the bytes of later goldens), and only on demand.
+    built.scripted = functools.cache(lambda: _script(qm))
+    built.traced = functools.cache(lambda: _trace(qm, xs))
     built.signature = lambda: signature(built.get("scripted"))
     return built
 
@@ -176,7 +180,7 @@ def graph_mode_conv2d(bias: bool) -> Callable[[BuildContext], Built]:
                 torch.jit.script(fm), qconfig, calibrate, [xs[0]]
             )
             traced = torch.ao.quantization.quantize_jit(
-                torch.jit.trace(fm, xs), qconfig, calibrate, [xs[0]]
+                torch.jit.trace(fm, xs, check_trace=False), qconfig, calibrate, [xs[0]]
             )
         return Built(
             model=scripted,
