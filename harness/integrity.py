@@ -341,10 +341,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def guarded(check: F) -> F:
     """Decorate the runner's per-check function so every problem is that golden's failure.
 
-    Runs :func:`precheck` first; then any exception other than the runner's own GoldenFailure /
-    GoldenSkip / IntegrityError (a corrupt file that torch, safetensors or the policy tripped
-    over) becomes a GoldenFailure naming the golden and format, with the original exception
-    chained so its traceback stays visible.
+    Runs :func:`precheck` first; then an IntegrityError, or any exception other than the
+    runner's own GoldenFailure / GoldenSkip (a corrupt file that torch, safetensors or the policy
+    tripped over), becomes a GoldenFailure naming the golden and format, with the original
+    exception chained so its traceback stays visible. So a check either passes, skips, or
+    raises GoldenFailure.
     """
 
     @functools.wraps(check)
@@ -355,8 +356,10 @@ def guarded(check: F) -> F:
         precheck(item)
         try:
             return check(item, *args, **kwargs)
-        except (GoldenFailure, GoldenSkip, IntegrityError):
+        except (GoldenFailure, GoldenSkip):
             raise
+        except IntegrityError as exc:
+            raise _fail(item, "golden file failed its integrity check", str(exc)) from None
         except Exception as exc:
             from harness.isolation import LoadError, describe
 

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reliability_helpers import copy_goldens
 
 from harness.policy import Policy
+
+from .reliability_helpers import copy_goldens
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (
+
+from harness import cli
+from harness.manifest import SCHEMA_VERSION
+from harness.policy import Policy
+from harness.store import IntegrityError
+from harness.verify import GoldenFailure, collect, run_check
+
+from .reliability_helpers import (
     ENGINE,
     OBSERVER,
     PRODUCER,
@@ -19,12 +26,6 @@ from reliability_helpers import (
     read_manifest,
     write_manifest,
 )
-
-from harness import cli
-from harness.manifest import SCHEMA_VERSION
-from harness.policy import Policy
-from harness.store import IntegrityError
-from harness.verify import GoldenFailure, collect, run_check
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import OBSERVER, golden_id, run_checks
 
 import harness.isolation as isolation
 from harness.formats import FORMATS, get_format
+
+from .reliability_helpers import OBSERVER, golden_id, run_checks
 
 
 def patch_reader(monkeypatch: pytest.MonkeyPatch, fmt: str, read) -> None:  # type: ignore[no-untyped-def]

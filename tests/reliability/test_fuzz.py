@@ -39,7 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_helpers import (
+
+import harness.isolation as isolation
+from harness.manifest import SCHEMA_VERSION
+
+from .reliability_helpers import (
     COMMITTED,
     ENGINE,
     LINEAR,
@@ -54,9 +58,6 @@ from reliability_helpers import (
     run_checks,
     write_manifest,
 )
-
-import harness.isolation as isolation
-from harness.manifest import SCHEMA_VERSION
 
 BOUND_S = 20.0
 SEED = 20261123

@@ -7,7 +7,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from reliability_helpers import (
+from harness.manifest import SCHEMA_VERSION
+from harness.verify import collect
+
+from .reliability_helpers import (
     LINEAR,
     OBSERVER,
     deflate_bomb_zip,
@@ -18,9 +21,6 @@ from reliability_helpers import (
     run_checks,
     write_manifest,
 )
-
-from harness.manifest import SCHEMA_VERSION
-from harness.verify import collect
 
 
 def only(outcomes: list, fmt: str):
@@ -211,9 +211,9 @@ def test_zip_entries_with_forged_sizes_are_refused(store: Path, policy) -> None:
 
 def test_the_committed_store_passes_every_integrity_rule() -> None:
     # No false alarms at scale: every file of every committed golden is proven intact.
-    from reliability_helpers import COMMITTED
-
     from harness.store import iter_goldens
+
+    from .reliability_helpers import COMMITTED
 
     goldens = iter_goldens(COMMITTED)
     assert goldens, "the committed store is empty"

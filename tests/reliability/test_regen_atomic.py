@@ -21,11 +21,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from reliability_helpers import REPO, snapshot
 
 from harness import atomic
 from harness.lock import regen_lock
 from harness.store import iter_goldens
+
+from .reliability_helpers import REPO, snapshot
 
 TOOL = REPO / "tools" / "regen_goldens.py"
 # Two cheap goldens (observers, one engine): a run is ~16 write steps.

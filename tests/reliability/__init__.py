@@ -1,0 +1,1 @@
+"""Reliability and security tests of the golden store and runner (issue 7)."""
