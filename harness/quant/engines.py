@@ -217,6 +217,8 @@ def matmul_acc_int_mm(
     the int64 version of this epilogue costing ~5x the requantization).
     """
     k = x_q.shape[1]
+    if not torch.jit.is_tracing() and k > 131071:  # INT_MM_MAX_K (a literal for TorchScript)
+        raise ValueError(f"x_q: K={k} exceeds 131071, where the int32 product could overflow")
     if x_q.dtype == torch.uint8:
         # q - 128 in int8: the cast wraps (two's complement), flipping the top bit shifts
         a = torch.bitwise_xor(x_q.to(torch.int8), -128)

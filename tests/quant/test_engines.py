@@ -137,6 +137,14 @@ def test_int_mm_max_k_keeps_the_int32_product_exact():
     assert E.INT_MM_MAX_K * 128 * 128 <= 2**31 - 1 < (E.INT_MM_MAX_K + 1) * 128 * 128
 
 
+def test_int_mm_refuses_a_k_whose_product_could_overflow():
+    k = E.INT_MM_MAX_K + 1
+    x = torch.zeros(1, k, dtype=torch.uint8)
+    w = torch.zeros(1, k, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"^x_q: K="):
+        E.matmul_acc_int_mm(x, torch.tensor([0]), w, torch.tensor([0]))
+
+
 @pytest.mark.parametrize(
     "stride,padding,dilation,groups", [([1, 1], [0, 0], [1, 1], 1), ([2, 1], [1, 2], [1, 2], 2)]
 )
