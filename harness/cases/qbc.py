@@ -348,4 +348,7 @@ def _cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = _cases()
+# Export-based (pt2e) cases: their own table, harness/cases/qbc_pt2e.py.
+from harness.cases.qbc_pt2e import CASES as PT2E_CASES  # noqa: E402
+
+CASES: list[Case] = _cases() + PT2E_CASES
