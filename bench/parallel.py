@@ -72,9 +72,14 @@ def bench(
         "  " + ratio_line("speed-up -n 0 / -n 2 (wall)", speedup, f">= {TARGET}", speedup >= TARGET)
     )
     print("  " + ratio_line("cpu -n 2 / -n 0 (duplicated work)", par.cpu_med / serial.cpu_med))
+    # On 2 idle cores wall(-n 0) ~ its CPU and wall(-n 2) ~ half its CPU (balanced workers):
+    # the speed-up this run's CPU costs would give without the other processes' load.
+    idle = 2 * serial.cpu_med / par.cpu_med
+    print("  " + ratio_line("projected speed-up on 2 idle cores (2 cpu0/cpu2)", idle))
     return {
         "speedup": speedup,
         "cpu_ratio": par.cpu_med / serial.cpu_med,
+        "idle_projection": idle,
         "n0_wall": serial.wall_med,
         "n2_wall": par.wall_med,
         "spread": max(serial.spread(), par.spread()),

@@ -78,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
     p.add_argument("--quick", action="store_true", help="small selections, one repeat")
-    p.add_argument("--repeats", type=int, help="repeats of each timed measurement (default 2)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="repeats of each timed measurement (default: 2 for overhead, 1 for the others)",
+    )
     p.add_argument("--engine", default="fbgemm", help="engine of the goldens used, or 'all'")
     p.add_argument("--profile", action="store_true", help="cProfile the runner loop")
     args = p.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 2)
+    others = args.repeats or 1
     engines = None if args.engine == "all" else [args.engine]
     t0 = time.perf_counter()
     print(f"qbc benchmarks: {' '.join(args.only)}; repeats {repeats}; {load_average()}")
@@ -101,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['pytest_over_bare_wall']:.2f}x; noise (spread) {r['spread']:.0%}"
         )
     if "parallel" in args.only:
-        r = res["parallel"] = parallel.bench(repeats, engines)
+        r = res["parallel"] = parallel.bench(others, engines)
         summary.append(
             f"parallelism (-n 0 / -n 2 wall): {r['speedup']:.2f}x target >= {parallel.TARGET} "
             f"{'MET' if r['speedup'] >= parallel.TARGET else 'MISSED'}; cpu -n 2/-n 0 "
-            f"{r['cpu_ratio']:.2f}x; noise (spread) {r['spread']:.0%}"
+            f"{r['cpu_ratio']:.2f}x; projected on 2 idle cores {r['idle_projection']:.2f}x"
         )
     if "generation" in args.only:
-        r = res["generation"] = generation.bench(1, engines=engines)
+        r = res["generation"] = generation.bench(others, engines=engines)
         b = next(iter(r["bytes"].values()), {"physical": 0, "goldens": 1})
         summary.append(
             f"generation: {r['goldens']} goldens in {r['generate_wall']:.1f}s "
@@ -121,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         summary.append("kernels and export flow: see their tables above")
     if "scaling" in args.only:
         factors = [1, 2, 4] if args.quick else [1, 4, 16]
-        cases = ["linear", "conv2d"] if args.quick else None
+        cases = ["linear"] if args.quick else None
         r = res["scaling"] = scaling.bench(factors, engines, cases, args.profile)
         summary.append(
             f"scaling: linearity {r['linearity']:.2f}x (work per golden at "
             f"{factors[-1]}x / at 1x; 1.00 = linear), {r['per_golden']:.3f}s per golden + "
             f"{r['fixed']:.2f}s fixed"
+        )
+    if "overhead" in res and "parallel" in res:
+        a, b = res["overhead"]["pytest_n0_wall"], res["parallel"]["n0_wall"]
+        summary.append(
+            f"noise: pytest -n 0 on the same store measured twice: {a:.1f}s and {b:.1f}s "
+            f"({abs(a - b) / min(a, b):.0%} apart)"
         )
     header("summary")
     for line in summary:
