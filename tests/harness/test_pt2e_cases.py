@@ -127,15 +127,13 @@ def _lifted_tensor(program: torch.export.ExportedProgram, placeholder: str) -> t
     raise KeyError(placeholder)
 
 
-def _replace_exported(golden: st.Golden, program: torch.export.ExportedProgram, tmp: Path) -> None:
-    """Store ``program`` as the golden's ``exported`` file and re-sign the manifest: the damage
-    under test is to the numbers, not to the store's integrity (which would fail earlier)."""
-    path = tmp / "exported.pt2"
-    torch.export.save(program, str(path))
+def _replace_file(golden: st.Golden, fmt: str, path: Path) -> None:
+    """Store ``path`` as the golden's ``fmt`` file and re-sign the manifest: the damage under
+    test is to the numbers, not to the store's integrity (which would fail earlier)."""
     entry = st.add_file(golden.producer_dir, f"{golden.engine}/{golden.case}", path)
     manifest_path = golden.dir / st.MANIFEST
     data = json.loads(manifest_path.read_text())
-    data["files"]["exported"].update(entry)
+    data["files"][fmt].update(entry)
     mf.write_manifest(manifest_path, data)
 
 
@@ -152,7 +150,8 @@ def test_corrupted_conv_weight_is_named_as_the_first_divergent_op(
     weight = _lifted_tensor(program, node.args[1].args[0].name)
     assert weight.dtype == torch.int8
     weight.copy_(torch.flip(weight, dims=[0]))
-    _replace_exported(golden, program, tmp_path)
+    torch.export.save(program, str(tmp_path / "exported.pt2"))
+    _replace_file(golden, "exported", tmp_path / "exported.pt2")
 
     with pytest.raises(GoldenFailure) as failure:
         run_check(CheckItem(_golden(tmp_path / "golden", golden.case), "exported"), Policy.load())
@@ -161,3 +160,19 @@ def test_corrupted_conv_weight_is_named_as_the_first_divergent_op(
     assert "load check" in message, message
     # ops before the corrupted one still agree with the golden's intermediates
     assert f"first divergent op: aten.{conv}, handle {handle}, SQNR " in message, message
+
+
+def test_state_dict_check_requantizes_the_stored_float_model(tmp_path: Path) -> None:
+    # The state_dict golden is the float model the flow started from; its load check runs
+    # today's flow on it. Negating one stored float weight must therefore change the result,
+    # while the reproduce check (float model rebuilt from the seed) still passes.
+    golden = _copy_golden(_golden(STORE, "pt2e_conv2d_conv1d"), tmp_path / "golden")
+    state = torch.load(golden.path("state_dict"), weights_only=True)
+    state["float_model.conv1d.weight"] = -state["float_model.conv1d.weight"]
+    torch.save(state, tmp_path / "state_dict.pt")
+    _replace_file(golden, "state_dict", tmp_path / "state_dict.pt")
+    golden = _golden(tmp_path / "golden", golden.case)
+
+    run_check(CheckItem(golden, "expected"), Policy.load())
+    with pytest.raises(GoldenFailure, match="load check: output differs"):
+        run_check(CheckItem(golden, "state_dict"), Policy.load())
