@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _contents(path: Path) -> Any:
+def _contents(path: Path, trusted: bool = False) -> Any:
     import torch
 
     if zipfile.is_zipfile(path) and any(
@@ -41,6 +41,8 @@ def _contents(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=True)
     except Exception:
+        if not trusted:  # full unpickling can run code: only for a case's declared trusted loads
+            raise
         # Only reached for files the generator itself just wrote or the committed store holds
         # (e.g. dynamic LSTM packed params): trusted by construction of this check.
         return torch.load(path, weights_only=False)
@@ -68,6 +70,7 @@ def compare_producer(committed: Path, fresh: Path, subjects: list[str], producer
 
 
 def _compare(committed: Path, fresh: Path, subjects: list[str], producer: str) -> list[str]:
+    from harness.cases import get_case
     from harness.policy import compare_leaf, flatten
     from harness.store import iter_goldens
 
@@ -93,9 +96,10 @@ def _compare(committed: Path, fresh: Path, subjects: list[str], producer: str) -
                     f"{gid}/{fmt}: sha256 {ea['sha256'][:16]} (committed) != {eb['sha256'][:16]} (fresh)"
                 )
                 continue
+            trusted = fmt in get_case(a.subject, a.case).trusted_load
             va, vb = (
-                flatten(_plain(_contents(a.path(fmt)))),
-                flatten(_plain(_contents(b.path(fmt)))),
+                flatten(_plain(_contents(a.path(fmt), trusted))),
+                flatten(_plain(_contents(b.path(fmt), trusted))),
             )
             if va.keys() != vb.keys():
                 drift.append(f"{gid}/{fmt}: entries differ: {sorted(va.keys() ^ vb.keys())}")
