@@ -40,7 +40,8 @@ def test_qnnpack_and_fbgemm_goldens_differ_and_both_pass_policy(case: str) -> No
     checks = [
         i
         for i in collect(STORE)
-        if i.golden.case == case and i.golden.engine in ("fbgemm", "qnnpack")
+        if (i.golden.subject, i.golden.producer, i.golden.case) == ("torch_ao", PRODUCER_ID, case)
+        and i.golden.engine in ("fbgemm", "qnnpack")
     ]
     checks = [i for i in checks if i.fmt in ("expected", "scripted")]
     assert len(checks) == 4
