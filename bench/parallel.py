@@ -82,7 +82,7 @@ def bench(
         "idle_projection": idle,
         "n0_wall": serial.wall_med,
         "n2_wall": par.wall_med,
-        "spread": max(serial.spread(), par.spread()),
+        "spread": max(serial.spread(), par.spread()) if repeats > 1 else float("nan"),
     }
 
 
