@@ -1,7 +1,7 @@
 """Run a risky golden load in a child process, so a native crash or a hang is that golden's
 failure instead of the end of the run.
 
-TorchScript, torch.export and torch.load parse files in C++; a corrupt file can abort or
+TorchScript, torch.export and torch.package parse files in C++; a corrupt file can abort or
 segfault the process, and a hostile one can make a loader spin. :func:`load` forks the runner
 (cheap: the child shares torch, the case cache and the engine setting copy-on-write), reads and
 runs the artifact in the child, and sends the result back serialized with ``torch.save``; the
@@ -51,6 +51,18 @@ class LoadTimeout(IsolatedLoadProblem):
 
 def enabled() -> bool:
     return hasattr(os, "fork") and os.environ.get("QBC_ISOLATION", "1") != "0"
+
+
+def needs_isolation(fmt: Any, ctx: Any) -> bool:
+    """Whether reading ``fmt`` runs in a child: loaders that parse the file in C++ beyond
+    torch.load's weights-only path (TorchScript, torch.export, torch.package) or unpickle it
+    fully. ``torch.load(weights_only=True)`` (a Python unpickler over a bounds-checked zip
+    reader, after :func:`harness.integrity.inspect_zip`) and safetensors stay in process: a fork
+    per check costs ~50 ms, which over the whole store is minutes. ``QBC_ISOLATION=all``
+    isolates every load."""
+    if os.environ.get("QBC_ISOLATION") == "all":
+        return True
+    return not fmt.weights_only or (ctx is not None and not ctx.weights_only)
 
 
 def _encode(value: Any) -> bytes:
@@ -175,11 +187,17 @@ def describe(problem: IsolatedLoadProblem) -> tuple[str, str]:
 
 
 def load(fmt: Any, path: Any, ctx: Any, item: Any) -> Any:
-    """The runner's load: ``fmt.read(path, ctx)`` isolated; failures become GoldenFailure."""
+    """The runner's load: ``fmt.read(path, ctx)``, in a child when :func:`needs_isolation`;
+    every failure becomes a GoldenFailure naming the golden, the format and the file."""
     from harness.verify import _fail
 
     try:
-        return call(fmt.read, path, ctx)
+        if needs_isolation(fmt, ctx):
+            return call(fmt.read, path, ctx)
+        try:
+            return fmt.read(path, ctx)
+        except Exception as exc:
+            raise LoadError(type(exc).__name__, str(exc)) from exc
     except IsolatedLoadProblem as problem:
         what, detail = describe(problem)
         raise _fail(item, what, f"{detail}\nfile: {path}") from None

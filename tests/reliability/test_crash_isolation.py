@@ -1,5 +1,9 @@
 """Crash isolation: a load that crashes natively or hangs is that golden's failure; the run
-(this very test process, and the other checks after it) carries on."""
+(this very test process, and the other checks after it) carries on.
+
+Readers are replaced by ones that abort, segfault or hang (a real corrupt TorchScript archive
+that aborts is not reproducible across torch builds); the isolation around them is the real one.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import harness.isolation as isolation
-from harness.formats import FORMATS, get_format
+from harness.formats import FORMATS, LoadContext, get_format
 
-from .reliability_helpers import OBSERVER, golden_id, run_checks
+from .reliability_helpers import LINEAR, golden_id, run_checks
 
 
 def patch_reader(monkeypatch: pytest.MonkeyPatch, fmt: str, read) -> None:  # type: ignore[no-untyped-def]
@@ -40,30 +44,30 @@ def hanging_read(path, ctx):  # type: ignore[no-untyped-def]
 def test_a_native_crash_while_loading_is_that_goldens_failure(
     store: Path, policy, monkeypatch: pytest.MonkeyPatch, read, signal_name: str
 ) -> None:
-    patch_reader(monkeypatch, "state_dict", read)
+    patch_reader(monkeypatch, "scripted", read)
     parent = os.getpid()
 
-    outcomes = {o.fmt: o for o in run_checks(store, OBSERVER, policy=policy)}
+    outcomes = {o.fmt: o for o in run_checks(store, LINEAR, policy=policy)}
 
     assert os.getpid() == parent  # we are still here
-    crashed = outcomes.pop("state_dict")
+    crashed = outcomes.pop("scripted")
     assert crashed.kind == "failed"
     assert "native crash while loading: subject torch_ao" in crashed.message
     assert f"({signal_name})" in crashed.message
-    assert "case per_tensor_observer, format state_dict" in crashed.message
+    assert "case linear, format scripted" in crashed.message
     # The checks after the crashing one still ran and passed.
     assert {o.kind for o in outcomes.values()} == {"passed"}
-    assert "safetensors" in outcomes and "state_dict_legacy" in outcomes
+    assert "traced" in outcomes and "state_dict_legacy" in outcomes
 
 
 def test_a_hanging_load_is_killed_after_the_bound_and_fails_that_golden(
     store: Path, policy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    patch_reader(monkeypatch, "state_dict", hanging_read)
+    patch_reader(monkeypatch, "traced", hanging_read)
     monkeypatch.setattr(isolation, "LOAD_TIMEOUT", 1.0)
 
     start = time.perf_counter()
-    (outcome,) = run_checks(store, OBSERVER, {"state_dict"}, policy)
+    (outcome,) = run_checks(store, LINEAR, {"traced"}, policy)
     took = time.perf_counter() - start
 
     assert outcome.kind == "failed"
@@ -79,7 +83,7 @@ def test_a_crashing_load_fails_one_check_of_a_pytest_run_which_completes(
     # one failed row of the results, every other check has its own outcome, pytest returns.
     import harness.verify
 
-    patch_reader(monkeypatch, "state_dict", aborting_read)
+    patch_reader(monkeypatch, "scripted", aborting_read)
     results = tmp_path / "results.json"
     code = pytest.main(
         [
@@ -97,12 +101,33 @@ def test_a_crashing_load_fails_one_check_of_a_pytest_run_which_completes(
             # harness is imported already in this process: plain asserts, no rewrite warning
             "--assert=plain",
             "-k",
-            OBSERVER,
+            LINEAR,
         ]
     )
 
     rows = {r["id"]: r for r in json.loads(results.read_text())}
     assert code == pytest.ExitCode.TESTS_FAILED
-    crashed = rows.pop(f"{golden_id(OBSERVER)}/state_dict")
+    crashed = rows.pop(f"{golden_id(LINEAR)}/scripted")
     assert crashed["outcome"] == "failed" and "SIGABRT" in crashed["message"]
-    assert len(rows) == 4 and {r["outcome"] for r in rows.values()} == {"passed"}
+    assert len(rows) == 6 and {r["outcome"] for r in rows.values()} == {"passed"}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trusted", "isolated"),
+    [
+        ("scripted", False, True),  # TorchScript's C++ reader
+        ("traced", False, True),
+        ("exported", False, True),  # torch.export's deserializer
+        ("package", False, True),  # runs the package's code
+        ("state_dict", True, True),  # a case's trusted load: full unpickling
+        ("state_dict", False, False),  # torch.load(weights_only=True): in process
+        ("safetensors", False, False),
+        ("input", False, False),
+    ],
+)
+def test_loads_that_parse_natively_or_run_code_are_the_isolated_ones(
+    fmt: str, trusted: bool, isolated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QBC_ISOLATION", raising=False)
+    ctx = LoadContext((), None, "fbgemm", weights_only=not trusted)  # type: ignore[arg-type]
+    assert isolation.needs_isolation(get_format(fmt), ctx) is isolated

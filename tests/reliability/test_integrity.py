@@ -178,13 +178,18 @@ def test_a_huge_declared_size_is_refused_from_the_manifest_alone(store: Path, po
 def test_a_zip_bomb_with_a_matching_hash_is_refused_before_any_loader_opens_it(
     store: Path, policy, tmp_path: Path, monkeypatch
 ) -> None:
-    import harness.isolation as isolation
+    import dataclasses
+
+    from harness.formats import FORMATS, get_format
 
     bomb = tmp_path / "bomb.pt"
     deflate_bomb_zip(bomb, "archive/data.pkl", 2 << 30)  # inflates to 2 GiB of zeros
     replace_file(store, LINEAR, "state_dict", bomb.read_bytes())
     loads = []
-    monkeypatch.setattr(isolation, "call", lambda *a, **k: loads.append(a))
+    fmt = get_format("state_dict")
+    monkeypatch.setitem(
+        FORMATS, "state_dict", dataclasses.replace(fmt, read=lambda *a: loads.append(a))
+    )
 
     outcome = only(run_checks(store, LINEAR, {"state_dict"}, policy), "state_dict")
 
