@@ -104,3 +104,18 @@ def test_diff_shows_engine_differences_with_statistics(capsys: pytest.CaptureFix
     assert "input: identical" in out  # same seed, same input on every engine
     assert "expected: differs" in out
     assert "output" in out and ("qparams" in out or "steps" in out)
+
+
+def test_regen_refuses_to_write_another_producer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "regen_goldens", REPO / "tools" / "regen_goldens.py"
+    )
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    assert regen.main(["--store", str(tmp_path), "--producer", "torch-2.6.0_qbc-0.1.0"]) == 2
+    assert "refusing to write producer 'torch-2.6.0_qbc-0.1.0'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
