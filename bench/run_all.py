@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{factors[-1]}x / at 1x; 1.00 = linear), {r['per_golden']:.3f}s per golden + "
             f"{r['fixed']:.2f}s fixed"
         )
-    if "overhead" in res and "parallel" in res:
+    if "overhead" in res and "parallel" in res and args.quick:  # same store only with --quick
         a, b = res["overhead"]["pytest_n0_wall"], res["parallel"]["n0_wall"]
         summary.append(
             f"noise: pytest -n 0 on the same store measured twice: {a:.1f}s and {b:.1f}s "
