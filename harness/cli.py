@@ -98,7 +98,12 @@ class _Progress:
 
 
 def run_verify(
-    store: Path, expr: str | None, workers: str, results: Path, progress: bool = True
+    store: Path,
+    expr: str | None,
+    workers: str,
+    results: Path,
+    progress: bool = True,
+    junitxml: str | None = None,
 ) -> int:
     """Run the pytest runner over ``store``; outcomes land in ``results`` (JSON)."""
     import pytest
@@ -125,6 +130,8 @@ def run_verify(
         args += ["-n", workers, "--dist", "loadgroup"]
     if expr:
         args += ["-k", expr]
+    if junitxml:
+        args += ["--junitxml", junitxml]
     plugins = [_Progress()] if progress else []
     with open(os.devnull, "w") as devnull:
         stdout = sys.stdout
@@ -163,7 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         os.environ["QBC_ISOLATION"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(args.json) if args.json else Path(tmp) / "results.json"
-        code = run_verify(store, args.k, args.n, results)
+        code = run_verify(store, args.k, args.n, results, junitxml=args.junitxml)
         rows = _load_rows(results)
     print(render_text(build_matrix(rows)))
     bad = [r for r in rows if r["outcome"] in ("failed", "xpass")]
@@ -172,7 +179,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-    print("\n" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no checks")
+    print("\n" + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no checks"))
     if code == 5 and not rows:  # nothing collected
         return 0 if args.k else 1
     return 1 if bad or code not in (0, 5) else 0
@@ -231,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", help="pytest -k expression over check ids")
     s.add_argument("-n", default="auto", help="xdist workers (0: in process; default auto)")
     s.add_argument("--json", help="also write every check's outcome here")
+    s.add_argument("--junitxml", help="also write a JUnit XML report of every check here")
     s.add_argument(
         "--no-isolation",
         action="store_true",
