@@ -79,7 +79,8 @@ class _Progress:
     def __init__(self) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(desc="verify", unit="check", file=sys.stderr)
+        # disable=None: no bar when stderr is not a terminal (CI logs stay readable)
+        self.bar = tqdm(desc="verify", unit="check", file=sys.stderr, disable=None)
 
     def pytest_collection_finish(self, session: Any) -> None:
         self.bar.total = len(session.items)

@@ -87,7 +87,10 @@ def generate(
         tmp = st.start_producer(store, subject_name, producer, keep_existing=partial)
         try:
             for case, engine in tqdm(
-                jobs, desc=f"generate {subject_name}", disable=not progress, unit="golden"
+                jobs,
+                desc=f"generate {subject_name}",
+                disable=None if progress else True,
+                unit="golden",
             ):
                 gid = f"{subject_name}/{producer}/{engine}/{case.name}"
                 reason = subject.unavailable_reason(engine)
