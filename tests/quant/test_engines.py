@@ -10,16 +10,6 @@ from harness import compat
 from harness.quant import engines as E
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These tests run many small ops; on a shared 2-core machine OpenMP barriers make each
-    # multi-threaded small op cost ~10-30 ms. Integer results do not depend on thread count.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _codes(shape, dtype, gen):
     lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
     return torch.randint(lo, hi, shape, dtype=dtype, generator=gen)

@@ -1,7 +1,6 @@
 """Fake-quant modules: the behaviours of seed 002 (FakeQuantize, the fused observer + fake-quant
 module) against qbc's API, and differential tests against torch's fake-quant ops and modules."""
 
-import importlib
 import io
 import warnings
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quant_support import requires_torch_ao
 
 from harness.compat import expected_torch_deprecations
 from harness.quant import fake_quantize as F
@@ -32,30 +32,10 @@ from harness.quant.qconfig import (
 SETTINGS = settings(deadline=None, max_examples=25)
 
 
-def _importable(module: str) -> bool:
-    try:
-        with expected_torch_deprecations():
-            importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-# Differential tests need torch's own implementation; a torch without it skips them (saying so).
-requires_torch_ao = pytest.mark.skipif(
-    not _importable("torch.ao.quantization"),
-    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
-)
 requires_torch_fused_op = pytest.mark.skipif(
     not hasattr(torch, "fused_moving_avg_obs_fake_quant"),
     reason=f"torch {torch.__version__} has no fused_moving_avg_obs_fake_quant op",
 )
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    # tests draw from the global RNG: make them independent of what ran before
-    torch.manual_seed(0)
 
 
 def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:

@@ -18,16 +18,6 @@ from harness.quant.qconfig import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These tests run many small ops; on a shared 2-core machine OpenMP barriers make each
-    # multi-threaded small op cost ~10-30 ms. Integer results do not depend on thread count.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def native_params(names):
     return [
         pytest.param(

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from quant_support import NATIVE
 
 from harness import compat
 from harness.quant import engines as E
@@ -16,27 +17,6 @@ from harness.quant.nn.testing import (
 )
 from harness.quant.qconfig import get_default_qconfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These tests run many small ops; on a shared 2-core machine OpenMP barriers make each
-    # multi-threaded small op cost ~10-30 ms. Integer results do not depend on thread count.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-NATIVE = [
-    pytest.param(
-        e,
-        marks=pytest.mark.skipif(
-            E.ENGINES[e].unavailable_reason() is not None,
-            reason=str(E.ENGINES[e].unavailable_reason()),
-        ),
-    )
-    for e in E.NATIVE_ENGINES
-]
 CLASSES = [qnn.Linear, qnn.LinearReLU]
 
 

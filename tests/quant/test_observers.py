@@ -1,7 +1,6 @@
 """Observers: the behaviours of seed 002 (torch's observer tests) against qbc's API, plus
 differential tests against torch.ao's observers on the same data."""
 
-import importlib
 import io
 import warnings
 from collections import OrderedDict
@@ -10,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quant_support import requires_torch_ao
 
 from harness.compat import expected_torch_deprecations
 from harness.quant import primitives as P
@@ -37,30 +37,10 @@ RANGE_OBSERVERS = [
 ]
 
 
-def _importable(module: str) -> bool:
-    try:
-        with expected_torch_deprecations():
-            importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-# Differential tests need torch's own implementation; a torch without it skips them (saying so).
-requires_torch_ao = pytest.mark.skipif(
-    not _importable("torch.ao.quantization"),
-    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
-)
 requires_torch_choose_qparams = pytest.mark.skipif(
     not hasattr(torch, "_choose_qparams_per_tensor"),
     reason=f"torch {torch.__version__} has no _choose_qparams_per_tensor",
 )
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    # tests draw from the global RNG: make them independent of what ran before
-    torch.manual_seed(0)
 
 
 def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:

@@ -1,7 +1,6 @@
 """Quantization primitives: round-trip properties, saturation, layouts, float8, differential
 tests against torch.ao and the ``quantized_decomposed`` ops, and argument validation."""
 
-import importlib
 import math
 import warnings
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quant_support import requires_torch_ao
 
 import harness  # noqa: F401  (registers torch.ops.quantized_decomposed)
 from harness.compat import expected_torch_deprecations
@@ -18,28 +18,6 @@ from harness.quant import primitives as P
 SETTINGS = settings(deadline=None, max_examples=40)
 INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32]
 SEEDS = st.integers(0, 2**31 - 1)
-
-
-def _importable(module: str) -> bool:
-    try:
-        with expected_torch_deprecations():
-            importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-# Differential tests need torch's own implementation; a torch without it skips them (saying so).
-requires_torch_ao = pytest.mark.skipif(
-    not _importable("torch.ao.quantization"),
-    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
-)
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    # tests draw from the global RNG: make them independent of what ran before
-    torch.manual_seed(0)
 
 
 def _gen(seed: int) -> torch.Generator:

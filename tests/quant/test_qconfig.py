@@ -1,11 +1,11 @@
 """QConfigs: per-engine defaults, QAT/dynamic/embedding configs, and agreement with torch.ao's
 configs of the same name (same observer classes and settings, same qparams on the same data)."""
 
-import importlib
 import warnings
 
 import pytest
 import torch
+from quant_support import requires_torch_ao
 
 from harness.compat import expected_torch_deprecations
 from harness.quant import qconfig as Q
@@ -19,28 +19,6 @@ from harness.quant.observers import (
 )
 
 NATIVE = ["fbgemm", "x86", "qnnpack", "onednn"]
-
-
-def _importable(module: str) -> bool:
-    try:
-        with expected_torch_deprecations():
-            importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-# Differential tests need torch's own implementation; a torch without it skips them (saying so).
-requires_torch_ao = pytest.mark.skipif(
-    not _importable("torch.ao.quantization"),
-    reason=f"torch {torch.__version__} has no torch.ao.quantization to compare against",
-)
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    # tests draw from the global RNG: make them independent of what ran before
-    torch.manual_seed(0)
 
 
 def _torch_ao_qconfig(getter: str, *args):
