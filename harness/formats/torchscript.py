@@ -39,6 +39,10 @@ register(
         _saver("scripted"),
         read_module,
         weights_only=False,
+        # The archive's debug tables embed the absolute paths of the scripted sources (qbc's
+        # checkout and torch's install), so bytes depend on where the generator ran; a clean
+        # clone elsewhere regenerates identical code and state but different bytes.
+        deterministic=False,
         description="torch.jit.script module (TorchScript archive)",
     )
 )
