@@ -8,13 +8,15 @@ import harness
 from harness.quant import decomposed
 
 OURS = "qbc_fallback_under_test"
+_KEEP: list = []
 
 
 @pytest.fixture(scope="module")
 def ours():
-    lib = decomposed._define_ours(OURS)
-    yield getattr(torch.ops, OURS)
-    del lib
+    # The library object stays alive for the session: dropping it deregisters the ops, which on
+    # torch 2.6 leaves a broken op entry that later run_decompositions() calls trip over.
+    _KEEP.append(decomposed._define_ours(OURS))
+    return getattr(torch.ops, OURS)
 
 
 def test_import_harness_registers_quantized_decomposed():
