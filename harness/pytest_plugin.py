@@ -85,8 +85,12 @@ def qbc_policy(pytestconfig: pytest.Config) -> Any:
 
 class _Results:
     def __init__(self, path: Path) -> None:
+        from harness.manifest import producer_info
+
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
+        # the consumer is described like a producer: {"id", "torch", "qbc", "python"}
+        self.consumer = producer_info()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if "[" not in report.nodeid:
@@ -118,6 +122,10 @@ class _Results:
                 "outcome": outcome,
                 "message": message,
                 "duration": report.duration,
+                # which consumer ran the check, and the drift numbers (max error in steps,
+                # mismatched elements, SQNR) the test recorded: the report's inputs
+                "consumer": self.consumer,
+                "drift": dict(report.user_properties).get("qbc_drift", {}),
             }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
