@@ -115,6 +115,8 @@ class _Results:
                     if hasattr(report.longrepr, "reprcrash")
                     else str(report.longrepr)
                 )
+            elif hasattr(report, "wasxfail"):
+                message = report.wasxfail  # the known break's reason: why it breaks
             elif report.skipped and isinstance(report.longrepr, tuple):
                 message = report.longrepr[2]
             self.rows[param] = {
