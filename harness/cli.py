@@ -4,7 +4,7 @@
     qbc engines [--subject S]
     qbc generate [--subject S] [--case GLOB] [--engine E ...] [--out golden/]
     qbc verify [--store golden/] [-k EXPR] [-n N] [--json PATH]   # the main job
-    qbc report --format md|html|json [--store golden/] [--results PATH] [-o FILE]
+    qbc report --format md|html|json [--store golden/] [--results PATH ...] [-o FILE]
     qbc diff GOLDEN_A GOLDEN_B
 
 ``verify`` runs the pytest runner (harness/verify.py with the qbc plugin) over the store,
@@ -192,7 +192,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = Path(args.store)
     with tempfile.TemporaryDirectory() as tmp:
         if args.results:
-            rows = _load_rows(Path(args.results))
+            # one results file per consumer; their rows name the consumer that wrote them
+            rows = [row for path in args.results for row in _load_rows(Path(path))]
         else:
             results = Path(tmp) / "results.json"
             run_verify(store, None, args.n, results)
@@ -250,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="matrix, drift and coverage report")
     s.add_argument("--format", choices=["md", "html", "json"], default="md")
     s.add_argument("--store", default="golden")
-    s.add_argument("--results", help="outcomes JSON from `qbc verify --json` (default: run verify)")
+    s.add_argument(
+        "--results",
+        action="append",
+        help="outcomes JSON from `qbc verify --json`, repeatable: one per consumer "
+        "(default: run verify here)",
+    )
     s.add_argument("-n", default="auto")
     s.add_argument("-o", "--output")
     s.set_defaults(func=cmd_report)

@@ -1,20 +1,24 @@
 """Reports: compatibility matrix, numeric drift and coverage, as Markdown, HTML or JSON.
 
 Input is the list of check outcomes written by the pytest plugin (``--qbc-results``): one row
-per ``<subject>/<producer>/<engine>/<case>/<format>`` with outcome, message and drift numbers.
+per ``<subject>/<producer>/<engine>/<case>/<format>`` with outcome, message, drift numbers and
+the consumer that ran it. Several result files (one per consumer torch release) combine into one
+matrix producer x consumer x format per subject and engine. Markdown output is deterministic
+(sorted, no timestamps or durations), so ``docs/compatibility.md`` can be regenerated and
+compared byte for byte.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness import compat
 from harness.formats import format_names, get_format
-from harness.manifest import producer_id
+from harness.manifest import parse_producer, producer_id, producer_info
 from harness.store import iter_goldens
 
 SYMBOL = {"passed": "ok", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
@@ -25,37 +29,112 @@ def split_id(cid: str) -> tuple[str, str, str, str, str]:
     return subject, producer, engine, case, fmt
 
 
+def consumer_of(row: dict[str, Any]) -> dict[str, str]:
+    """The consumer that produced a row; rows written before rows named it are today's."""
+    return row.get("consumer") or producer_info()
+
+
+def _version_key(pid: str) -> tuple[Any, ...]:
+    """Sort producers / consumers by torch release numerically (2.6 before 2.13), then name."""
+    release, qbc = parse_producer(pid)
+    return (release, qbc, pid)
+
+
 def matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """(subject, producer, engine) x format -> outcome counts, plus the consumer torch."""
-    cells: dict[tuple[str, str, str], dict[str, dict[str, int]]] = defaultdict(
+    """(subject, engine, producer, consumer) x format -> outcome counts, plus the consumers."""
+    cells: dict[tuple[str, str, str, str], dict[str, dict[str, int]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(int))
     )
+    consumers: dict[str, dict[str, str]] = {}
     for row in rows:
         subject, producer, engine, _case, fmt = split_id(row["id"])
-        cells[(subject, producer, engine)][fmt][row["outcome"]] += 1
+        info = consumer_of(row)
+        consumers[info["id"]] = info
+        cells[(subject, engine, producer, info["id"])][fmt][row["outcome"]] += 1
+    ordered = sorted(consumers, key=_version_key)
     return {
-        "consumer": f"torch-{compat.torch_release()}",
+        # one label for the single-consumer case (``qbc verify``'s header)
+        "consumer": ", ".join(ordered) or producer_id(),
+        "consumers": [consumers[c] for c in ordered],
         "rows": [
             {
                 "subject": s,
                 "producer": p,
                 "engine": e,
-                "formats": {f: dict(c) for f, c in fmts.items()},
+                "consumer": c,
+                "formats": {f: dict(n) for f, n in fmts.items()},
             }
-            for (s, p, e), fmts in sorted(cells.items())
+            for (s, e, p, c), fmts in sorted(
+                cells.items(),
+                key=lambda kv: (kv[0][0], kv[0][1], _version_key(kv[0][2]), _version_key(kv[0][3])),
+            )
         ],
     }
 
 
 def drift(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Checks that passed with a nonzero error (within policy), worst first."""
+    """Checks that passed with a nonzero error (within policy), worst first (ties by id)."""
     out = [
-        {"id": r["id"], **r["drift"]}
+        {"id": r["id"], "consumer": consumer_of(r)["id"], **r["drift"]}
         for r in rows
         if r.get("drift")
         and (r["drift"].get("max_steps", 0) > 0 or r["drift"].get("mismatched", 0) > 0)
     ]
-    return sorted(out, key=lambda d: -d.get("max_steps", 0))
+    return sorted(out, key=lambda d: (-d.get("max_steps", 0), d["id"], d["consumer"]))
+
+
+def drift_points(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Max error in quantization steps per (case, producer), over engines, formats, consumers.
+
+    A case is named ``<subject>/<case>`` (both subjects have a ``linear``). Only checks that
+    recorded numbers count (numeric checks that passed); a point of 0 means bit-exact.
+    """
+    points: dict[tuple[str, str], float] = {}
+    for r in rows:
+        steps = (r.get("drift") or {}).get("max_steps")
+        if steps is None:
+            continue
+        subject, producer, _engine, case, _fmt = split_id(r["id"])
+        key = (f"{subject}/{case}", producer)
+        points[key] = max(points.get(key, 0.0), float(steps))
+    return points
+
+
+def store_coverage(store: Path) -> dict[str, Any]:
+    """Which (subject, engine, case) has a golden with which formats, per producer in the store.
+
+    Derived from the store alone (not from today's case table or engines), so it reads the same
+    whichever torch renders it.
+    """
+    have: dict[tuple[str, str, str], dict[str, list[str]]] = defaultdict(dict)
+    producers: set[str] = set()
+    for g in iter_goldens(store):
+        producers.add(g.producer)
+        have[(g.subject, g.engine, g.case)][g.producer] = sorted(g.formats)
+    return {
+        "producers": sorted(producers, key=_version_key),
+        "rows": [
+            {"subject": s, "engine": e, "case": c, "formats": fmts}
+            for (s, e, c), fmts in sorted(have.items())
+        ],
+    }
+
+
+def breaks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What broke and why: failed, unexpectedly passing (xpass) and known-break (xfail) checks,
+    grouped by (consumer, outcome, message) with the check ids, regressions first."""
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        if r["outcome"] in ("failed", "xpass", "xfail"):
+            reason = " / ".join(x.strip() for x in (r.get("message") or "").splitlines() if x)
+            groups[(consumer_of(r)["id"], r["outcome"], reason)].append(r["id"])
+    rank = {"failed": 0, "xpass": 1, "xfail": 2}
+    return [
+        {"consumer": c, "outcome": o, "reason": m, "checks": sorted(ids)}
+        for (c, o, m), ids in sorted(
+            groups.items(), key=lambda kv: (rank[kv[0][1]], _version_key(kv[0][0]), kv[0][2])
+        )
+    ]
 
 
 def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
@@ -93,14 +172,25 @@ def _cell(counts: dict[str, int]) -> str:
     return " ".join(f"{SYMBOL[k]} {counts[k]}" for k in order if counts.get(k))
 
 
-def render_text(m: dict[str, Any]) -> str:
-    """Plain-text compatibility matrix (what ``qbc verify`` prints)."""
+def _matrix_table(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     fmts = [f for f in format_names() if any(f in r["formats"] for r in m["rows"])]
-    head = ["subject", "producer", "engine", *fmts]
-    table = [
-        [r["subject"], r["producer"], r["engine"], *[_cell(r["formats"].get(f, {})) for f in fmts]]
+    head = ["subject", "engine", "producer", "consumer", *fmts]
+    body = [
+        [
+            r["subject"],
+            r["engine"],
+            r["producer"],
+            r["consumer"],
+            *[_cell(r["formats"].get(f, {})) for f in fmts],
+        ]
         for r in m["rows"]
     ]
+    return head, body
+
+
+def render_text(m: dict[str, Any]) -> str:
+    """Plain-text compatibility matrix (what ``qbc verify`` prints)."""
+    head, table = _matrix_table(m)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table, strict=False)]
     lines = [f"compatibility matrix (consumer {m['consumer']}; cells: outcome count per golden)"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)))
@@ -110,9 +200,105 @@ def render_text(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _short(ids: list[str], limit: int = 6) -> str:
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def _coverage_table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Cells: the formats a producer wrote for that golden, as "all N" or what it lacks."""
+    head = ["subject", "engine", "case", *c["producers"]]
+    body = []
+    for r in c["rows"]:
+        union = sorted({f for fmts in r["formats"].values() for f in fmts})
+        cells = []
+        for p in c["producers"]:
+            fmts = r["formats"].get(p)
+            if fmts is None:
+                cells.append("no golden")
+            elif len(fmts) == len(union):
+                cells.append(f"all {len(union)}")
+            else:
+                cells.append(
+                    f"{len(fmts)}/{len(union)}, no {' '.join(sorted(set(union) - set(fmts)))}"
+                )
+        body.append([r["subject"], r["engine"], r["case"], *cells])
+    return head, body
+
+
+def _fmt_steps(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def drift_svg(points: dict[tuple[str, str], float]) -> str:
+    """Inline SVG scatter: x = case, y = max error in quantization steps, one colour per producer.
+
+    One ``<circle class="mark">`` per (case, producer) point, with its numbers in ``data-*``
+    attributes and a ``<title>`` tooltip. y is linear from 0 to max(1, worst finite point);
+    a non-finite point is drawn at the top in black.
+    """
+    cases = sorted({c for c, _ in points})
+    producers = sorted({p for _, p in points}, key=_version_key)
+    finite = [v for v in points.values() if math.isfinite(v)]
+    top = max([1.0, *finite])
+    left, right, plot_h, pad_top, step = 60, 220, 240, 20, 14
+    width = left + step * max(len(cases), 1) + right
+    height = pad_top + plot_h + 200  # room for rotated case labels
+    y0 = pad_top + plot_h
+
+    def y(v: float) -> float:
+        return y0 - (min(v, top) / top) * plot_h if math.isfinite(v) else pad_top
+
+    out = [
+        f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
+        "aria-label='max error in quantization steps per case and producer'>",
+        f"<line x1='{left}' y1='{y0}' x2='{left + step * len(cases)}' y2='{y0}' stroke='#000'/>",
+        f"<line x1='{left}' y1='{pad_top}' x2='{left}' y2='{y0}' stroke='#000'/>",
+    ]
+    for frac in (0.0, 0.5, 1.0):
+        v = top * frac
+        out.append(
+            f"<text x='{left - 6}' y='{y(v) + 4:.1f}' text-anchor='end' font-size='10'>"
+            f"{_fmt_steps(v)}</text>"
+        )
+    out.append(
+        f"<text x='14' y='{pad_top + plot_h / 2}' font-size='11' "
+        f"transform='rotate(-90 14 {pad_top + plot_h / 2})' text-anchor='middle'>"
+        "max error (steps)</text>"
+    )
+    for i, case in enumerate(cases):
+        x = left + step * i + step / 2
+        out.append(
+            f"<text x='{x}' y='{y0 + 10}' font-size='9' transform='rotate(60 {x} {y0 + 10})'>"
+            f"{html.escape(case)}</text>"
+        )
+    # producers side by side inside a case's column, so equal values do not hide each other
+    offset = {p: (j - (len(producers) - 1) / 2) * 3 for j, p in enumerate(producers)}
+    for (case, producer), v in sorted(points.items()):
+        x = left + step * cases.index(case) + step / 2 + offset[producer]
+        colour = PALETTE[producers.index(producer) % len(PALETTE)] if math.isfinite(v) else "#000"
+        out.append(
+            f"<circle class='mark' cx='{x:.1f}' cy='{y(v):.1f}' r='3' fill='{colour}' "
+            f"data-case='{html.escape(case)}' data-producer='{html.escape(producer)}' "
+            f"data-steps='{_fmt_steps(v)}'><title>{html.escape(case)} "
+            f"{html.escape(producer)}: {_fmt_steps(v)} steps</title></circle>"
+        )
+    lx = left + step * len(cases) + 20
+    for j, p in enumerate(producers):
+        out.append(
+            f"<circle cx='{lx}' cy='{pad_top + 14 * j}' r='4' fill='{PALETTE[j % len(PALETTE)]}'/>"
+            f"<text x='{lx + 8}' y='{pad_top + 14 * j + 4}' font-size='11'>{html.escape(p)}</text>"
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
-    m, d, c = matrix(rows), drift(rows), coverage(store)
-    failures = [r for r in rows if r["outcome"] in ("failed", "xpass")]
+    """The report as ``md``, ``html`` or ``json``; md and html depend only on rows and store."""
+    m, d, br = matrix(rows), drift(rows), breaks(rows)
     code_formats = [f for f in format_names() if get_format(f).runs_code_on_load]
     # Checks whose golden file is loaded with code execution (package, and a case's declared
     # trusted loads): the manifest flags them; they run only after the file's hash matched.
@@ -127,79 +313,111 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             {
                 "matrix": m,
                 "drift": d,
-                "coverage": c,
-                "failures": failures,
+                "coverage": coverage(store),
+                "store_coverage": store_coverage(store),
+                "breaks": br,
+                "failures": [r for r in rows if r["outcome"] in ("failed", "xpass")],
                 "runs_code_on_load": code_formats,
                 "runs_code_on_load_checks": code_checks,
             },
             indent=1,
         )
-    fmts = [f for f in format_names() if any(f in r["formats"] for r in m["rows"])]
-    header = ["subject", "producer", "engine", *fmts]
-    body = [
-        [r["subject"], r["producer"], r["engine"], *[_cell(r["formats"].get(f, {})) for f in fmts]]
-        for r in m["rows"]
+    sc = store_coverage(store)
+    head, body = _matrix_table(m)
+    consumer_rows = [[c["id"], c["torch"], c["qbc"], c["python"]] for c in m["consumers"]]
+    break_rows = [
+        [
+            b["consumer"],
+            SYMBOL[b["outcome"]],
+            str(len(b["checks"])),
+            b["reason"],
+            _short(b["checks"]),
+        ]
+        for b in br
     ]
     drift_rows = [
         [
             x["id"],
-            f"{x.get('max_steps', 0):.4g}",
+            x["consumer"],
+            _fmt_steps(x.get("max_steps", 0)),
             str(x.get("mismatched", 0)),
             f"{x.get('min_sqnr_db', 0):.1f}",
         ]
         for x in d
     ]
-    fail_rows = [
-        [r["id"], r["outcome"], r["message"].splitlines()[0] if r["message"] else ""]
-        for r in failures
+    cov_head, cov_body = _coverage_table(sc)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        counts[consumer_of(r)["id"]][r["outcome"]] += 1
+    summary = [
+        [c, *[str(counts[c].get(o, 0)) for o in ("passed", "failed", "xfail", "xpass", "skipped")]]
+        for c in sorted(counts, key=_version_key)
     ]
-    sections = [
-        (f"Compatibility matrix (consumer {m['consumer']})", header, body),
+    sections: list[tuple[str, list[str], list[list[str]]]] = [
+        ("Consumers", ["consumer", "torch", "qbc", "python"], consumer_rows),
+        ("Summary", ["consumer", "passed", "failed", "xfail", "xpass", "skipped"], summary),
+        ("Compatibility matrix (cells: outcome count per golden)", head, body),
+        (
+            "What broke and why",
+            ["consumer", "outcome", "checks", "reason", "check ids"],
+            break_rows,
+        ),
         (
             "Numeric drift within policy",
-            ["check", "max steps", "mismatched", "min SQNR dB"],
+            ["check", "consumer", "max steps", "mismatched", "min SQNR dB"],
             drift_rows,
         ),
-        ("Failures", ["check", "outcome", "message"], fail_rows),
-        (
-            f"Coverage of {c['producer']}: {c['covered']}/{c['expected']}",
-            ["missing or orphaned golden"],
-            [[f"missing {x}"] for x in c["missing"]] + [[f"orphaned {x}"] for x in c["orphaned"]],
-        ),
+        ("Coverage: formats per golden and producer", cov_head, cov_body),
     ]
     note = (
         f"Formats whose loader runs code from the golden: {', '.join(code_formats)}. "
         f"Checks that run code on load (only after the file's sha256 matched its manifest): "
         f"{', '.join(code_checks) or 'none'}."
     )
+    legend = (
+        "Outcomes: ok = passed, FAIL = regression, xfail = known break (reason below), "
+        "XPASS = a known break now passes, skip = cannot run on that consumer."
+    )
     if fmt == "md":
-        out = ["# qbc report", "", note, ""]
-        for title, head, rows_ in sections:
+        out = ["# qbc report", "", note, "", legend, ""]
+        for title, head_, rows_ in sections:
             out += [f"## {title}", ""]
             if not rows_:
                 out += ["(none)", ""]
                 continue
-            out.append("| " + " | ".join(head) + " |")
-            out.append("|" + "---|" * len(head))
+            out.append("| " + " | ".join(head_) + " |")
+            out.append("|" + "---|" * len(head_))
             out += ["| " + " | ".join(str(x).replace("|", "\\|") for x in r) + " |" for r in rows_]
             out.append("")
         return "\n".join(out)
     if fmt == "html":
+        # One self-contained file: inline style and SVG, no script, no external reference.
         out = [
-            "<!doctype html><html><head><meta charset='utf-8'><title>qbc report</title></head><body>",
+            "<!doctype html><html><head><meta charset='utf-8'><title>qbc report</title>",
+            "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #999;padding:2px 6px}td.bad{background:#fcc}"
+            "td.known{background:#ffe9b3}</style></head><body>",
             "<h1>qbc report</h1>",
             f"<p>{html.escape(note)}</p>",
+            f"<p>{html.escape(legend)}</p>",
         ]
-        for title, head, rows_ in sections:
+        ids = {"Compatibility matrix (cells: outcome count per golden)": " id='matrix'"}
+        for title, head_, rows_ in sections:
+            if title.startswith("Numeric drift"):
+                out.append("<h2>Drift: max error in quantization steps per case and producer</h2>")
+                out.append(drift_svg(drift_points(rows)))
             out.append(
-                f"<h2>{html.escape(title)}</h2><table border='1'><tr>"
-                + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                f"<h2>{html.escape(title)}</h2><table{ids.get(title, '')}><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in head_)
                 + "</tr>"
             )
-            out += [
-                "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>"
-                for r in rows_
-            ]
+            for r in rows_:
+                tds = []
+                for x in r:
+                    cls = " class='bad'" if ("FAIL" in x or "XPASS" in x) else ""
+                    cls = cls or (" class='known'" if x.startswith("xfail") else "")
+                    tds.append(f"<td{cls}>{html.escape(str(x))}</td>")
+                out.append("<tr>" + "".join(tds) + "</tr>")
             out.append("</table>")
         out.append("</body></html>")
         return "\n".join(out)
