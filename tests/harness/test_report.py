@@ -1,0 +1,275 @@
+"""The report: consumer dimension, what broke and why, the offline HTML page with its drift plot,
+the generated docs/compatibility.md, and the golden retention policy over the committed store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import report
+from harness.cli import main as qbc_main
+from harness.manifest import parse_producer, producer_id
+from harness.store import iter_goldens
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[2]
+STORE = REPO / "golden"
+COMPAT = REPO / "docs" / "compat"
+RETENTION = REPO / "harness" / "data" / "retention.toml"
+OLD, NEW = "torch-2.6.0_qbc-0.1.0", "torch-2.14.1_qbc-0.1.0"
+
+
+def consumer(release: str) -> dict[str, str]:
+    return {
+        "id": f"torch-{release}_qbc-0.1.0",
+        "torch": f"{release}+cpu",
+        "qbc": "0.1.0",
+        "python": "3.11.7",
+    }
+
+
+def row(cid: str, outcome: str, release: str, steps: float | None = None, message: str = ""):
+    drift = {} if steps is None else {"max_steps": steps, "mismatched": 0, "min_sqnr_db": 40.0}
+    return {
+        "id": cid,
+        "outcome": outcome,
+        "message": message,
+        "consumer": consumer(release),
+        "drift": drift,
+    }
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    """Two producers x two consumers of torch_ao/fbgemm/linear, plus one qbc case.
+
+    Consumer 2.6.0 cannot read the new producer's .pt2 (a known break) and fails its scripted
+    load; the drift points are (torch_ao/linear, OLD) = 2 steps (worst of 1 and 2),
+    (torch_ao/linear, NEW) = 0, (qbc/conv2d, OLD) = 0.5: three marks.
+    """
+    lin = "torch_ao/{}/fbgemm/linear/{}"
+    return [
+        row(lin.format(OLD, "state_dict"), "passed", "2.14.1", steps=1.0),
+        row(lin.format(OLD, "expected"), "passed", "2.14.1", steps=2.0),
+        row(lin.format(NEW, "state_dict"), "passed", "2.14.1", steps=0.0),
+        row(lin.format(NEW, "exported"), "xfail", "2.6.0", message="pt2 is not forward compatible"),
+        row(
+            lin.format(NEW, "scripted"), "failed", "2.6.0", message="load check: boom\nmax 9 steps"
+        ),
+        row(lin.format(OLD, "state_dict"), "passed", "2.6.0", steps=0.0),
+        row(f"qbc/{OLD}/reference/conv2d/expected", "passed", "2.6.0", steps=0.5),
+    ]
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path) -> Path:
+    (tmp_path / "golden").mkdir()
+    return tmp_path / "golden"
+
+
+def test_matrix_has_one_row_per_subject_engine_producer_and_consumer(rows):
+    m = report.matrix(rows)
+    keys = [(r["subject"], r["engine"], r["producer"], r["consumer"]) for r in m["rows"]]
+    # torch_ao: 2 producers x 2 consumers = 4 rows; qbc: 1 producer x 1 consumer; torch
+    # releases sort numerically (2.6 before 2.14), not as strings
+    assert keys == [
+        ("qbc", "reference", OLD, "torch-2.6.0_qbc-0.1.0"),
+        ("torch_ao", "fbgemm", OLD, "torch-2.6.0_qbc-0.1.0"),
+        ("torch_ao", "fbgemm", OLD, "torch-2.14.1_qbc-0.1.0"),
+        ("torch_ao", "fbgemm", NEW, "torch-2.6.0_qbc-0.1.0"),
+        ("torch_ao", "fbgemm", NEW, "torch-2.14.1_qbc-0.1.0"),
+    ]
+    assert m["rows"][3]["formats"] == {"exported": {"xfail": 1}, "scripted": {"failed": 1}}
+
+
+def test_breaks_list_regressions_before_known_breaks_with_their_reasons(rows):
+    got = [(b["outcome"], b["consumer"], b["reason"], b["checks"]) for b in report.breaks(rows)]
+    assert got == [
+        (
+            "failed",
+            "torch-2.6.0_qbc-0.1.0",
+            "load check: boom / max 9 steps",
+            [f"torch_ao/{NEW}/fbgemm/linear/scripted"],
+        ),
+        (
+            "xfail",
+            "torch-2.6.0_qbc-0.1.0",
+            "pt2 is not forward compatible",
+            [f"torch_ao/{NEW}/fbgemm/linear/exported"],
+        ),
+    ]
+
+
+def test_report_cli_merges_one_results_file_per_consumer(rows, tmp_path, empty_store):
+    paths = []
+    for release in ("2.6.0", "2.14.1"):
+        path = tmp_path / f"torch-{release}.json"
+        path.write_text(json.dumps([r for r in rows if r["consumer"]["torch"].startswith(release)]))
+        paths += ["--results", str(path)]
+    out = tmp_path / "report.md"
+    code = qbc_main(
+        ["report", "--format", "md", "--store", str(empty_store), *paths, "-o", str(out)]
+    )
+    assert code == 0
+    text = out.read_text()
+    assert f"| torch_ao | fbgemm | {NEW} | torch-2.6.0_qbc-0.1.0 |" in text
+    assert f"| torch_ao | fbgemm | {NEW} | torch-2.14.1_qbc-0.1.0 |" in text
+
+
+class _Page(HTMLParser):
+    """Collects the matrix table's cells, the svg's marks, and every src/href."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_matrix = False
+        self.matrix: list[list[str]] = []
+        self.in_cell = False
+        self.marks: list[dict[str, str | None]] = []
+        self.svgs = 0
+        self.links: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [v or "" for k, v in attrs if k in ("src", "href")]
+        if tag == "script":
+            self.scripts += 1
+        if tag == "svg":
+            self.svgs += 1
+        if tag == "circle" and a.get("class") == "mark":
+            self.marks.append(a)
+        if tag == "table" and a.get("id") == "matrix":
+            self.in_matrix = True
+        if self.in_matrix and tag == "tr":
+            self.matrix.append([])
+        if self.in_matrix and tag in ("td", "th"):
+            self.in_cell = True
+            self.matrix[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.in_matrix = False
+        if tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data):
+        if self.in_matrix and self.in_cell:
+            self.matrix[-1][-1] += data
+
+
+def test_html_report_is_one_offline_page_with_matrix_and_drift_plot(rows, empty_store):
+    page = _Page()
+    page.feed(report.render("html", rows, empty_store))
+    head = page.matrix[0]
+    # formats in the catalogue's order, only those that occur
+    assert head[:4] == ["subject", "engine", "producer", "consumer"]
+    cell = {(r[0], r[2], r[3]): dict(zip(head[4:], r[4:], strict=True)) for r in page.matrix[1:]}
+    assert cell[("torch_ao", NEW, "torch-2.6.0_qbc-0.1.0")]["scripted"] == "FAIL 1"
+    assert cell[("torch_ao", NEW, "torch-2.6.0_qbc-0.1.0")]["exported"] == "xfail 1"
+    assert cell[("torch_ao", OLD, "torch-2.14.1_qbc-0.1.0")]["expected"] == "ok 1"
+    assert page.svgs == 1
+    points = {(m["data-case"], m["data-producer"]): m["data-steps"] for m in page.marks}
+    assert len(page.marks) == len(points) == 3  # one mark per (case, producer)
+    assert points == {("torch_ao/linear", OLD): "2", ("torch_ao/linear", NEW): "0",
+                      ("qbc/conv2d", OLD): "0.5"}  # fmt: skip
+    assert page.scripts == 0
+    assert not [link for link in page.links if "http" in link]
+
+
+def test_drift_marks_are_placed_higher_for_larger_errors(rows):
+    svg = report.drift_svg(report.drift_points(rows))
+    page = _Page()
+    page.feed(svg)
+    cy = {(m["data-case"], m["data-producer"]): float(m["cy"]) for m in page.marks}
+    # svg y grows downwards: 2 steps is above 0.5 steps, which is above 0 steps
+    assert cy[("torch_ao/linear", OLD)] < cy[("qbc/conv2d", OLD)] < cy[("torch_ao/linear", NEW)]
+
+
+def committed_results() -> list[Path]:
+    return sorted(COMPAT.glob("torch-*.json"), key=lambda p: parse_producer(p.stem + "_qbc-")[0])
+
+
+def test_each_committed_results_file_comes_from_the_consumer_it_is_named_after():
+    files = committed_results()
+    assert len(files) >= 3  # oldest working release, the CI release and the newest
+    for path in files:
+        releases = {r["consumer"]["torch"].split("+")[0] for r in json.loads(path.read_text())}
+        assert releases == {path.stem.removeprefix("torch-")}, path.name
+
+
+def test_compatibility_md_is_regenerated_byte_for_byte_from_committed_results(tmp_path):
+    out = tmp_path / "compatibility.md"
+    args = ["report", "--format", "md", "--store", str(STORE), "-o", str(out)]
+    for path in committed_results():
+        args += ["--results", str(path)]
+    assert qbc_main(args) == 0
+    assert out.read_bytes() == (REPO / "docs" / "compatibility.md").read_bytes()
+
+
+# --- retention policy (harness/data/retention.toml, docs/retention.md) ---------------------
+
+
+def load_retention() -> dict[str, Any]:
+    with open(RETENTION, "rb") as f:
+        return tomllib.load(f)
+
+
+def golden_date(manifest: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.strptime(manifest["date"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=dt.timezone.utc
+    )
+
+
+def expired_producers(store: Path, policy: dict[str, Any], now: dt.datetime) -> list[str]:
+    """Producers kept by neither rule: torch minor among the newest ``torch_minors`` minors of
+    the store's producers, or newest golden younger than ``days``."""
+    newest: dict[str, dt.datetime] = {}
+    for g in iter_goldens(store):
+        d = golden_date(g.manifest)
+        newest[g.producer] = max(newest.get(g.producer, d), d)
+    minors = sorted({parse_producer(p)[0][:2] for p in newest}, reverse=True)
+    kept_minors = set(minors[: policy["keep"]["torch_minors"]])
+    max_age = dt.timedelta(days=policy["keep"]["days"])
+    return sorted(
+        p
+        for p, d in newest.items()
+        if parse_producer(p)[0][:2] not in kept_minors and now - d > max_age
+    )
+
+
+def test_every_golden_manifest_carries_a_utc_date_not_in_the_future():
+    now = dt.datetime.now(dt.timezone.utc)
+    goldens = iter_goldens(STORE)
+    assert goldens
+    for g in goldens:
+        assert golden_date(g.manifest) <= now, g.id
+
+
+def test_committed_store_holds_no_producer_beyond_the_retention_policy():
+    assert expired_producers(STORE, load_retention(), dt.datetime.now(dt.timezone.utc)) == []
+
+
+def test_retention_drops_a_producer_outside_the_newest_minors_once_it_is_old(store_copy):
+    # keep 1 minor: only the newest torch minor (2.14) is kept by release; the others survive
+    # only while younger than `days` (1 day): at their date + 2 days they are expired.
+    policy = {"keep": {"torch_minors": 1, "days": 1}}
+    written = max(golden_date(g.manifest) for g in iter_goldens(store_copy))
+    assert expired_producers(store_copy, policy, written) == []
+    expired = expired_producers(store_copy, policy, written + dt.timedelta(days=2))
+    newest_minor = max(parse_producer(g.producer)[0][:2] for g in iter_goldens(store_copy))
+    assert expired and all(parse_producer(p)[0][:2] < newest_minor for p in expired)
+
+
+def test_this_release_has_written_its_own_producer_for_every_required_subject():
+    have = {(g.subject, g.producer) for g in iter_goldens(STORE)}
+    for subject in load_retention()["release"]["subjects"]:
+        assert (subject, producer_id()) in have, f"no goldens of {subject} by {producer_id()}"
