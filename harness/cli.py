@@ -145,7 +145,14 @@ def run_verify(
 
 
 def _load_rows(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text()) if path.exists() else []
+    """Rows of a results file: a list of rows, or (compact, as in docs/compat/) a dict
+    ``{"consumer": {...}, "rows": [...]}`` whose rows all come from that one consumer."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        return [{"consumer": data["consumer"], **r} for r in data["rows"]]
+    return data
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
