@@ -174,12 +174,12 @@ def _cell(counts: dict[str, int]) -> str:
 
 def _matrix_table(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     fmts = [f for f in format_names() if any(f in r["formats"] for r in m["rows"])]
-    head = ["subject", "engine", "producer", "consumer", *fmts]
+    head = ["subject", "producer", "engine", "consumer", *fmts]
     body = [
         [
             r["subject"],
-            r["engine"],
             r["producer"],
+            r["engine"],
             r["consumer"],
             *[_cell(r["formats"].get(f, {})) for f in fmts],
         ]

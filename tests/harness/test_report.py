@@ -122,8 +122,8 @@ def test_report_cli_merges_one_results_file_per_consumer(rows, tmp_path, empty_s
     )
     assert code == 0
     text = out.read_text()
-    assert f"| torch_ao | fbgemm | {NEW} | torch-2.6.0_qbc-0.1.0 |" in text
-    assert f"| torch_ao | fbgemm | {NEW} | torch-2.14.1_qbc-0.1.0 |" in text
+    assert f"| torch_ao | {NEW} | fbgemm | torch-2.6.0_qbc-0.1.0 |" in text
+    assert f"| torch_ao | {NEW} | fbgemm | torch-2.14.1_qbc-0.1.0 |" in text
 
 
 class _Page(HTMLParser):
@@ -172,8 +172,8 @@ def test_html_report_is_one_offline_page_with_matrix_and_drift_plot(rows, empty_
     page.feed(report.render("html", rows, empty_store))
     head = page.matrix[0]
     # formats in the catalogue's order, only those that occur
-    assert head[:4] == ["subject", "engine", "producer", "consumer"]
-    cell = {(r[0], r[2], r[3]): dict(zip(head[4:], r[4:], strict=True)) for r in page.matrix[1:]}
+    assert head[:4] == ["subject", "producer", "engine", "consumer"]
+    cell = {(r[0], r[1], r[3]): dict(zip(head[4:], r[4:], strict=True)) for r in page.matrix[1:]}
     assert cell[("torch_ao", NEW, "torch-2.6.0_qbc-0.1.0")]["scripted"] == "FAIL 1"
     assert cell[("torch_ao", NEW, "torch-2.6.0_qbc-0.1.0")]["exported"] == "xfail 1"
     assert cell[("torch_ao", OLD, "torch-2.14.1_qbc-0.1.0")]["expected"] == "ok 1"
