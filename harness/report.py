@@ -206,23 +206,25 @@ def _short(ids: list[str], limit: int = 6) -> str:
 
 
 def _coverage_table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Cells: the formats a producer wrote for that golden, as "all N" or what it lacks."""
-    head = ["subject", "engine", "case", *c["producers"]]
+    """One row per (subject, engine, case) with the formats any producer wrote for it; a
+    producer's cell is "all", what it lacks ("no exported"), or "no golden"."""
+    order = {f: i for i, f in enumerate(format_names())}
+    head = ["subject", "engine", "case", "formats", *c["producers"]]
     body = []
     for r in c["rows"]:
-        union = sorted({f for fmts in r["formats"].values() for f in fmts})
+        union = sorted(
+            {f for fmts in r["formats"].values() for f in fmts},
+            key=lambda f: (order.get(f, len(order)), f),
+        )
         cells = []
         for p in c["producers"]:
             fmts = r["formats"].get(p)
             if fmts is None:
                 cells.append("no golden")
-            elif len(fmts) == len(union):
-                cells.append(f"all {len(union)}")
             else:
-                cells.append(
-                    f"{len(fmts)}/{len(union)}, no {' '.join(sorted(set(union) - set(fmts)))}"
-                )
-        body.append([r["subject"], r["engine"], r["case"], *cells])
+                lacking = [f for f in union if f not in fmts]
+                cells.append(f"no {' '.join(lacking)}" if lacking else "all")
+        body.append([r["subject"], r["engine"], r["case"], " ".join(union), *cells])
     return head, body
 
 
