@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,13 @@ def test_this_release_has_written_its_own_producer_for_every_required_subject():
     have = {(g.subject, g.producer) for g in iter_goldens(STORE)}
     for subject in load_retention()["release"]["subjects"]:
         assert (subject, producer_id()) in have, f"no goldens of {subject} by {producer_id()}"
+
+
+def test_coverage_names_the_golden_a_producer_lacks(store_copy):
+    # drop the 2.6.0 producer's torch_ao/fbgemm/linear golden: its row says "no golden" for
+    # that producer and "all" for the two that still have every format
+    shutil.rmtree(store_copy / "torch_ao" / OLD / "fbgemm" / "linear")
+    head, body = report._coverage_table(report.store_coverage(store_copy))
+    row = next(r for r in body if r[:3] == ["torch_ao", "fbgemm", "linear"])
+    cells = dict(zip(head[4:], row[4:], strict=True))
+    assert cells == {OLD: "no golden", "torch-2.13.0_qbc-0.1.0": "all", NEW: "all"}
