@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("report", help="matrix, drift and coverage report")
-    s.add_argument("--format", choices=["md", "html", "json"], default="md")
+    # results: one consumer's outcomes in the compact form committed under docs/compat/
+    s.add_argument("--format", choices=["md", "html", "json", "results"], default="md")
     s.add_argument("--store", default="golden")
     s.add_argument(
         "--results",

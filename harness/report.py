@@ -298,6 +298,30 @@ def drift_svg(points: dict[tuple[str, str], float]) -> str:
     return "\n".join(out)
 
 
+def compact_results(rows: list[dict[str, Any]]) -> str:
+    """One consumer's rows in the compact form committed under docs/compat/: the consumer once,
+    then per row only what the report reads (id, outcome, reason, drift; a bit-exact check
+    keeps only ``max_steps`` 0), one row per line, sorted by id."""
+    consumers = {json.dumps(consumer_of(r), sort_keys=True) for r in rows}
+    if len(consumers) != 1:
+        raise ValueError(f"compact results hold one consumer; these rows have {len(consumers)}")
+
+    def slim(r: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": r["id"], "outcome": r["outcome"]}
+        if r.get("message"):
+            out["message"] = r["message"]
+        d = r.get("drift") or {}
+        if d:
+            exact = not d.get("max_steps") and not d.get("mismatched")
+            out["drift"] = {"max_steps": d.get("max_steps", 0)} if exact else d
+        return out
+
+    body = ",\n".join(
+        json.dumps(slim(r), separators=(",", ":")) for r in sorted(rows, key=lambda r: r["id"])
+    )
+    return f'{{"consumer":{consumers.pop()},\n"rows":[\n{body}\n]}}\n'
+
+
 def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
     """The report as ``md``, ``html`` or ``json``; md and html depend only on rows and store."""
     m, d, br = matrix(rows), drift(rows), breaks(rows)
@@ -310,6 +334,8 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
         for f, entry in g.manifest["files"].items()
         if entry.get("runs_code_on_load")
     )
+    if fmt == "results":
+        return compact_results(rows)
     if fmt == "json":
         return json.dumps(
             {
@@ -427,4 +453,4 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             out.append("</table>")
         out.append("</body></html>")
         return "\n".join(out)
-    raise ValueError(f"unknown report format {fmt!r}; known: md, html, json")
+    raise ValueError(f"unknown report format {fmt!r}; known: md, html, json, results")

@@ -287,3 +287,19 @@ def test_coverage_names_the_golden_a_producer_lacks(store_copy):
     row = next(r for r in body if r[:3] == ["torch_ao", "fbgemm", "linear"])
     cells = dict(zip(head[4:], row[4:], strict=True))
     assert cells == {OLD: "no golden", "torch-2.13.0_qbc-0.1.0": "all", NEW: "all"}
+
+
+def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store):
+    # one consumer's rows, compacted and read back, render the same report as the full rows
+    mine = [dict(r, duration=0.25) for r in rows if r["consumer"]["torch"] == "2.6.0+cpu"]
+    path = tmp_path / "compact.json"
+    path.write_text(report.compact_results(mine))
+    assert report.render("md", _load_rows(path), empty_store) == report.render(
+        "md", mine, empty_store
+    )
+    assert "duration" not in path.read_text()
+
+
+def test_committed_results_are_already_compact():
+    for path in committed_results():
+        assert report.compact_results(_load_rows(path)) == path.read_text(), path.name
