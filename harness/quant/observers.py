@@ -275,6 +275,16 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.max_val.fill_(float("-inf"))
 
 
+def _check_averaging_constant(averaging_constant: float, is_dynamic: bool) -> None:
+    """Moving averages need ``0 < c <= 1``; dynamic quantization follows the latest batch only."""
+    if not 0 < averaging_constant <= 1:
+        raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
+    if is_dynamic and averaging_constant != 1:
+        raise ValueError(
+            f"averaging_constant: dynamic quantization needs 1, got {averaging_constant}"
+        )
+
+
 class MovingAverageMinMaxObserver(MinMaxObserver):
     """Per-tensor qparams from exponential moving averages of each batch's min and max.
 
@@ -295,12 +305,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         is_dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not 0 < averaging_constant <= 1:
-            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
-        if is_dynamic and averaging_constant != 1:
-            raise ValueError(
-                f"averaging_constant: dynamic quantization needs 1, got {averaging_constant}"
-            )
+        _check_averaging_constant(averaging_constant, is_dynamic)
         self.averaging_constant = averaging_constant
         super().__init__(
             dtype=dtype,
@@ -454,12 +459,7 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         is_dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not 0 < averaging_constant <= 1:
-            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
-        if is_dynamic and averaging_constant != 1:
-            raise ValueError(
-                f"averaging_constant: dynamic quantization needs 1, got {averaging_constant}"
-            )
+        _check_averaging_constant(averaging_constant, is_dynamic)
         super().__init__(
             ch_axis=ch_axis,
             dtype=dtype,
