@@ -64,6 +64,23 @@ class EmbeddingModule(torch.nn.Module):
         return self.emb(indices)
 
 
+class Conv2dThenConv1d(torch.nn.Module):
+    """conv2d -> squeeze -> conv1d: three ops (handles 1, 2, 3), the seed's
+    reference model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d = torch.nn.Conv2d(3, 3, 3)
+        self.conv1d = torch.nn.Conv1d(3, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1d(self.conv2d(x).squeeze(0))
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor, ...]:
+        return (torch.randn(1, 3, 5, 5),)
+
+
 def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
     return torch.export.export(model, example_inputs).module()
 

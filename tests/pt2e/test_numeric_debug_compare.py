@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from pt2e_models import Conv2dThenConv1d
 
 from harness.compat import expected_torch_deprecations
 from harness.quant.pt2e import (
@@ -36,22 +37,6 @@ from harness.quant.pt2e.numeric_debugger import (
     program_intermediates,
     sqnr,
 )
-
-
-class Conv2dThenConv1d(torch.nn.Module):
-    """conv2d -> squeeze -> conv1d (handles 1, 2, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv2d = torch.nn.Conv2d(3, 3, 3)
-        self.conv1d = torch.nn.Conv1d(3, 3, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1d(self.conv2d(x).squeeze(0))
-
-    @staticmethod
-    def example_inputs() -> tuple[torch.Tensor, ...]:
-        return (torch.randn(1, 3, 5, 5),)
 
 
 class Conv2dWithSplit(torch.nn.Module):

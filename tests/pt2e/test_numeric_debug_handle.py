@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
+from pt2e_models import Conv2dThenConv1d
 from torch.fx import Node
 
 from harness.compat import expected_torch_deprecations
@@ -32,22 +33,6 @@ from harness.quant.pt2e.numeric_debugger import (
     iter_graph_modules,
     set_numeric_debug_handle,
 )
-
-
-class Conv2dThenConv1d(torch.nn.Module):
-    """conv2d -> squeeze -> conv1d: three ops, the seed's reference model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv2d = torch.nn.Conv2d(3, 3, 3)
-        self.conv1d = torch.nn.Conv1d(3, 3, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1d(self.conv2d(x).squeeze(0))
-
-    @staticmethod
-    def example_inputs() -> tuple[torch.Tensor, ...]:
-        return (torch.randn(1, 3, 5, 5),)
 
 
 class TwoLinear(torch.nn.Module):
