@@ -3,7 +3,11 @@
 ExecuTorch and Inductor lowerings pattern-match ``quantized_decomposed.quantize_per_tensor`` /
 ``dequantize_per_tensor`` / ``*_per_channel``; qbc emits exactly those ops. torch registers them
 only when ``torch.ao.quantization.fx._decomposed`` is imported, and a future torch may drop that
-module: then qbc defines the identical schemas itself, implemented with its own primitives.
+module: then qbc defines the identical schemas itself, implemented with its own primitives and
+computing what torch's kernels compute, op for op: the same dtypes out (``choose_qparams*``
+return a float64 scale and an int64 zero point), the same precision inside (a dequantize
+computes in ``out_dtype``, double scales stay double), the same values (tested against torch's
+registration in ``tests/quant/test_decomposed.py``).
 Importing :mod:`harness` calls :func:`ensure_registered`, so loading a ``.pt2`` never depends on
 the caller having imported the right torch module first.
 """
@@ -53,25 +57,52 @@ def _quantize(input, scale, zero_point, quant_min, quant_max, dtype):
 
 
 def _dequantize(input, scale, zero_point, quant_min, quant_max, dtype, *, out_dtype=None):
-    out = P._dequantize(input, torch.as_tensor(scale), torch.as_tensor(zero_point))
-    return out if out_dtype is None else out.to(out_dtype)
+    # torch's op computes in ``out_dtype`` itself: ``(q.to(out_dtype) - z) * s`` with the scale
+    # a Python float, i.e. rounded to ``out_dtype`` by the multiply.
+    out_dtype = torch.float32 if out_dtype is None else out_dtype
+    z = int(torch.as_tensor(zero_point).reshape(-1)[0])
+    s = float(torch.as_tensor(scale, dtype=torch.float64).reshape(-1)[0])
+    return (input.to(out_dtype) - z) * s
 
 
 def _quantize_per_channel(input, scales, zero_points, axis, quant_min, quant_max, dtype):
+    if scales.dtype == torch.float64:
+        # 1/s in double, as torch's op does for double scales (the kernel takes float32)
+        x = torch.movedim(input.to(torch.float32), axis, -1)
+        q = torch.round(x * (1.0 / scales)) + zero_points.to(torch.float64)
+        q = torch.clamp(q, quant_min, quant_max).to(dtype)
+        return torch.movedim(q, -1, axis)
     return P._quantize(input, scales, zero_points, quant_min, quant_max, dtype, axis)
 
 
 def _dequantize_per_channel(
     input, scales, zero_points, axis, quant_min, quant_max, dtype, *, out_dtype=None
 ):
-    zp = torch.zeros_like(scales) if zero_points is None else zero_points
-    out = P._dequantize(input, scales, zp, axis)
-    return out if out_dtype is None else out.to(out_dtype)
+    # ``(q - z) * s`` in the promoted dtype of the scales (float64 scales stay double), then
+    # one rounding to ``out_dtype``, as torch's op does.
+    out_dtype = torch.float32 if out_dtype is None else out_dtype
+    x = torch.movedim(input, axis, -1)
+    diff = x if zero_points is None else x.to(torch.int64) - zero_points.to(torch.int64)
+    return torch.movedim((diff * scales).to(out_dtype), -1, axis)
 
 
 def _choose(input, quant_min, quant_max, eps, dtype, qscheme):
+    """torch's ``determine_qparams`` over ``aminmax(input)``: computed in the input's dtype (a
+    float16 range gives a float16 scale before ``eps`` promotes it), the symmetric uint8 zero
+    point 128 whatever ``quant_min``/``quant_max`` (the op passes no customized range), and
+    the results as float64 scale / int64 zero point, shape ``[1]``."""
     lo, hi = torch.aminmax(input.detach())
-    return P.choose_qparams(lo, hi, dtype, qscheme, quant_min, quant_max, eps=eps)
+    dtype = P.as_plain_dtype(dtype)
+    scale, zero_point = P._choose_qparams(
+        lo,
+        hi,
+        quant_min,
+        quant_max,
+        P.qparams_mode(qscheme),
+        P.symmetric_zero_point(dtype, quant_min, quant_max, False),
+        torch.tensor([eps], dtype=torch.float32),
+    )
+    return scale.to(torch.float64), zero_point.to(torch.int64)
 
 
 def _define_ours(namespace: str = "quantized_decomposed") -> torch.library.Library:
