@@ -243,7 +243,11 @@ def _choose_qparams(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unchecked, TorchScript-able core of :func:`choose_qparams` (math documented there).
 
-    ``mode`` is one of ``QPARAMS_*``; results live on ``min_val``'s device.
+    ``mode`` is one of ``QPARAMS_*``; results live on ``min_val``'s device. ``min_val >
+    max_val`` is not an error here: a moving average can cross them by a rounding error
+    (``averaging_constant=1``: ``a + 1 * (v - a)`` lands 1 ULP from ``v``), and after widening
+    to include 0 the range is valid, as in torch's fused observer kernel; float qparams of a
+    crossed range take the ``s <= eps`` path (scale 1.0). :func:`choose_qparams` validates.
     """
     device = min_val.device
     if min_val.numel() == 0 or max_val.numel() == 0:
@@ -251,8 +255,6 @@ def _choose_qparams(
     if min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf")):
         # never observed: the neutral qparams
         return torch.ones([1], device=device), torch.zeros([1], dtype=torch.int64, device=device)
-    if bool((min_val > max_val).any()):
-        raise ValueError("min_val: greater than max_val")
     eps = eps.to(device=device, dtype=torch.float32)
     lo = torch.minimum(min_val, torch.zeros_like(min_val))
     hi = torch.maximum(max_val, torch.zeros_like(max_val))
@@ -314,6 +316,10 @@ def choose_qparams(
         raise ValueError(f"min_val/max_val: shapes differ, {min_val.shape} vs {max_val.shape}")
     if not eps > 0:
         raise ValueError(f"eps: must be > 0, got {eps}")
+    if bool((min_val > max_val).any()) and not (
+        min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf"))
+    ):
+        raise ValueError("min_val: greater than max_val")
     return _choose_qparams(
         min_val,
         max_val,

@@ -25,6 +25,7 @@ from harness.quant.observers import (
     load_observer_state_dict,
 )
 from harness.quant.qconfig import (
+    default_dynamic_fake_quant,
     default_fixed_qparams_range_0to1_fake_quant,
     default_per_channel_weight_observer,
 )
@@ -375,6 +376,47 @@ def test_fused_module_moving_average_with_switches_matches_torch_fused_op():
         torch.testing.assert_close(out, out_ref)
         assert torch.equal(running_min, mod.activation_post_process.min_val)
         assert torch.equal(running_max, mod.activation_post_process.max_val)
+
+
+# averaging_constant=1 (dynamic QAT): a constant batch after a wider one leaves the running
+# min 1 ULP above the running max (-2.5 + 1 * 3.2 = 0.70000005 > 0.69999999)
+CROSSING_BATCHES = (torch.tensor([-2.5, 1.0]), torch.full((3,), 0.7))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FusedMovingAvgObsFakeQuantize(averaging_constant=1.0),
+        lambda: FakeQuantize(
+            MovingAverageMinMaxObserver, quant_min=0, quant_max=255, averaging_constant=1.0
+        ),
+        default_dynamic_fake_quant,
+    ],
+    ids=["fused", "fake-quant", "default-dynamic"],
+)
+def test_averaging_constant_one_fake_quant_survives_min_and_max_crossing_by_rounding(make):
+    mod = make()
+    for x in CROSSING_BATCHES:
+        out = mod(x)
+    # the qparams of [0, 0.7] (range widened to include 0): 0.7 is on the grid's last step
+    assert mod.scale.item() == pytest.approx(0.7 / 255) and mod.zero_point.item() == 0
+    assert out.tolist() == pytest.approx([0.7] * 3, abs=0.7 / 255 / 2)
+
+
+@requires_torch_fused_op
+def test_fused_module_with_averaging_constant_one_matches_torch_fused_op():
+    running_min, running_max, scale, zero_point = _torch_fused_state(None)
+    mod = FusedMovingAvgObsFakeQuantize(averaging_constant=1.0)
+    for x in CROSSING_BATCHES:
+        out = mod(x)
+        out_ref = torch.fused_moving_avg_obs_fake_quant(
+            x, mod.observer_enabled, mod.fake_quant_enabled, running_min, running_max, scale,
+            zero_point, 1.0, 0, 255, 0, False,
+        )  # fmt: skip
+        assert torch.equal(out, out_ref)
+        assert torch.equal(running_min, mod.activation_post_process.min_val)
+        assert torch.equal(running_max, mod.activation_post_process.max_val)
+        assert torch.equal(scale, mod.scale) and torch.equal(zero_point, mod.zero_point)
 
 
 def test_fused_module_equals_observer_plus_fake_quant_bit_for_bit():

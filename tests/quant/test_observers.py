@@ -412,6 +412,41 @@ def test_dynamic_observer_qparams_follow_the_latest_input():
         assert abs(zp.item() - params[1].item()) <= 1
 
 
+# With averaging_constant=1 a moving average is the latest batch up to one rounding:
+# min = -2.5 + 1 * (0.7 - (-2.5)) = 0.70000005 while max = 1 + 1 * (0.7 - 1) = 0.69999999, so a
+# constant batch after a wider one leaves min 1 ULP above max.
+CROSSING_BATCHES = (torch.tensor([-2.5, 1.0]), torch.full((3,), 0.7))
+
+
+@pytest.mark.parametrize("is_dynamic", [False, True])
+def test_averaging_constant_one_observer_survives_min_and_max_crossing_by_rounding(is_dynamic):
+    obs = MovingAverageMinMaxObserver(averaging_constant=1.0, is_dynamic=is_dynamic)
+    for x in CROSSING_BATCHES:
+        obs(x)
+    assert obs.min_val > obs.max_val  # the crossing this test is about
+    # widened to include 0 the range is [0, 0.7]: the qparams of the latest batch
+    expected = P.choose_qparams(torch.tensor(0.0), torch.tensor(0.7))
+    for got, want in zip(obs.calculate_qparams(), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_averaging_constant_one_per_channel_float_qparams_survive_a_crossing_row():
+    # the embedding QAT observer: per row, float qparams, averaging constant 1
+    obs = MovingAveragePerChannelMinMaxObserver(
+        averaging_constant=1.0, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
+    )
+    for x in CROSSING_BATCHES:
+        obs(x.reshape(1, -1))
+    scale, zero_point = obs.calculate_qparams()
+    # a crossed (empty) range takes the degenerate path: scale 1, zero point -min
+    assert scale.tolist() == [1.0] and zero_point.item() == pytest.approx(-0.7)
+
+
+def test_choose_qparams_still_rejects_a_range_with_min_above_max():
+    with pytest.raises(ValueError, match=r"^min_val:"):
+        P.choose_qparams(torch.tensor(1.0), torch.tensor(-1.0))
+
+
 @requires_torch_choose_qparams
 @pytest.mark.parametrize("shape", [(3, 3), (3, 3, 3), (3, 3, 3, 3)])
 def test_dynamic_observer_matches_torch_choose_qparams_per_tensor(shape):
