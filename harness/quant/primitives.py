@@ -433,7 +433,9 @@ def _fake_quantize(
 
     ``1/s`` is computed in float32 here, as torch's fake-quant kernels do (torch's
     ``fake_quantize_per_tensor_affine`` and the decomposed per-tensor quantize differ in this
-    last bit; we follow each).
+    last bit; we follow each). The result has ``x``'s dtype: float16 / bfloat16 inputs are
+    computed in float32 and rounded back once, as torch's kernels do, so a half-precision QAT
+    model keeps feeding half precision to its next layer.
     """
     if axis is not None:
         a = axis % x.dim()
@@ -441,23 +443,26 @@ def _fake_quantize(
         zero_point = _channel_view(zero_point, a, x.dim())
     s = scale.to(torch.float32)
     z = zero_point.to(torch.float32)
+    out_dtype = x.dtype
     xd = x.detach()
+    if out_dtype == torch.float16 or out_dtype == torch.bfloat16:
+        xd = xd.to(torch.float32)
     if zero_point.is_floating_point():
         unclamped = torch.round(xd * (1.0 / s) + z)
     else:
         unclamped = torch.round(xd * (1.0 / s)) + z
     if zero_point.is_floating_point():
         # (q - z) is not an integer here: torch's kernel forms (q - z) * s in double and rounds
-        # once to float32; two float32 roundings would differ in the last bit
+        # once to the output dtype; two roundings would differ in the last bit
         y = (
             (torch.clamp(unclamped, quant_min, quant_max).double() - z.double()) * s.double()
-        ).float()
+        ).to(out_dtype)
     else:
-        y = (torch.clamp(unclamped, quant_min, quant_max) - z) * s
+        y = ((torch.clamp(unclamped, quant_min, quant_max) - z) * s).to(out_dtype)
     inside = (unclamped >= quant_min) & (unclamped <= quant_max)
     # The value is exactly y; the gradient is 1 where x was not clamped and 0 elsewhere
     # (x - x.detach() is 0 in value but carries d/dx = 1).
-    return y + torch.where(inside, x - xd, torch.zeros_like(y))
+    return y + torch.where(inside, x - x.detach(), torch.zeros_like(y))
 
 
 # --------------------------------------------------------------------------------------------

@@ -323,6 +323,53 @@ def test_fake_quantize_matches_torch_ao_on_random_configurations(
         assert torch.equal(ours.zero_point, theirs.zero_point)
 
 
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+# (qbc qconfig name, torch.ao qconfig name): per tensor, per channel, fixed qparams, and the
+# embedding's per-row float qparams
+HALF_FAKE_QUANTS = [
+    "default_fake_quant",
+    "default_per_channel_weight_fake_quant",
+    "default_fixed_qparams_range_0to1_fake_quant",
+    "default_embedding_fake_quant",
+]
+
+
+@requires_torch_ao
+@pytest.mark.parametrize("name", HALF_FAKE_QUANTS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_precision_fake_quant_returns_the_input_dtype_bit_identical_to_torch_ao(name, dtype):
+    # torch computes in float32 and rounds the result back once to the input's dtype; a
+    # float32 result would feed float32 to the next layer of a half-precision QAT model
+    import torch.ao.quantization as tq
+
+    from harness.quant import qconfig as qc
+
+    ours = getattr(qc, name)()
+    with expected_torch_deprecations():
+        theirs = getattr(tq, name)()
+    for i in range(3):
+        x = (torch.randn(4, 3, 5) * (i + 1)).to(dtype).requires_grad_()
+        xt = x.detach().clone().requires_grad_()
+        y, yt = ours(x), theirs(xt)
+        y.sum().backward()
+        yt.sum().backward()
+        assert y.dtype == yt.dtype == dtype
+        assert torch.equal(y, yt)
+        assert x.grad.dtype == dtype and torch.equal(x.grad, xt.grad)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_precision_fused_fake_quant_returns_the_input_dtype(dtype):
+    # torch's fused op refuses half inputs; ours equals the composed modules, in half
+    fused = FusedMovingAvgObsFakeQuantize()
+    composed = FakeQuantize(MovingAverageMinMaxObserver, quant_min=0, quant_max=255)
+    x = torch.randn(5, 5).to(dtype)
+    y = fused(x)
+    assert y.dtype == dtype and torch.equal(y, composed(x))
+    # rounding back to the input dtype is the only difference from the float32 computation
+    assert torch.equal(y, composed(x.float()).to(dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # FusedMovingAvgObsFakeQuantize
 # --------------------------------------------------------------------------------------------
