@@ -58,7 +58,8 @@ def bare_loop(store: Path) -> dict[str, int]:
     from safetensors.torch import load_file
     from torch.package import PackageImporter
 
-    from harness.cases import BuildContext, get_case
+    from harness.cases import BuildContext
+    from harness.subjects import get_case
     from harness.formats.package import PACKAGE_NAME, RESOURCE
     from harness.subjects import get_subject
 
@@ -109,7 +110,8 @@ def bare_loop(store: Path) -> dict[str, int]:
 def runner_loop(store: Path) -> dict[str, int]:
     """The runner without pytest: every (golden, format) check through ``run_check``."""
     from harness.policy import Policy
-    from harness.verify import GoldenFailure, GoldenSkip, collect, run_check
+    from harness.outcomes import GoldenFailure, GoldenSkip
+    from harness.verify import collect, run_check
 
     policy = Policy.load(None)
     counts = {"passed": 0, "failed": 0, "skipped": 0}

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.subjects import UnknownName
+    from harness.outcomes import UnknownName
 
     args = build_parser().parse_args(argv)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from harness.manifest import read_manifest
+from harness.integrity import load_manifest
 from harness.policy import compare_leaf, flatten
 
 
@@ -24,7 +24,7 @@ def diff_goldens(a: Path, b: Path) -> tuple[str, bool]:
 def _diff(a: Path, b: Path) -> tuple[str, bool]:
     import torch
 
-    ma, mb = read_manifest(a / "manifest.json"), read_manifest(b / "manifest.json")
+    ma, mb = load_manifest(a / "manifest.json", a), load_manifest(b / "manifest.json", b)
     lines = [
         f"A: {a} ({ma['producer']['id']}, {ma['engine']})",
         f"B: {b} ({mb['producer']['id']}, {mb['engine']})",

@@ -15,9 +15,9 @@ Manifest (``golden/<subject>/<producer>/<engine>/<case>/manifest.json``):
   64 lowercase hex digits, an int in [0, :data:`MAX_FILE_BYTES`].
 
 A problem with the manifest does not stop the run: the golden gets ``Golden.problem`` and one
-check named :data:`MANIFEST_CHECK` that fails with the message.
+check named ``manifest`` that fails with the message (harness.verify.MANIFEST_CHECK).
 
-File (:func:`verified_path`, before any load): a regular file (no symlink anywhere below the
+File (:func:`verified_file`, before any load): a regular file (no symlink anywhere below the
 store root, no FIFO or device), inside its producer folder, of the recorded size (compared
 before hashing, so a huge file is never read), with the recorded sha256; if it is a zip archive
 (torch.save, TorchScript, torch.export and torch.package files are), its central directory is
@@ -31,23 +31,17 @@ Every limit can be raised through the environment (``QBC_MAX_FILE_BYTES``,
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import re
 import stat
 import zipfile
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-if TYPE_CHECKING:
-    from harness.store import Golden
-    from harness.verify import CheckItem
-
-#: name of the single check a golden with an unusable manifest gets
-MANIFEST_CHECK = "manifest"
+from harness.manifest import SCHEMA_VERSION
+from harness.outcomes import IntegrityError, ManifestProblem
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_FILE_BYTES = int(os.environ.get("QBC_MAX_FILE_BYTES", 256 << 20))
@@ -60,10 +54,6 @@ MAX_DEFLATE_RATIO = 1032
 _RATIO_SLACK = 64 << 10
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-class ManifestProblem(ValueError):
-    """A manifest this qbc cannot trust or read; the message names the file and the problem."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,13 +87,13 @@ def _safe_relpath(rel: Any) -> PurePosixPath:
 # manifest
 
 
-def load_manifest(path: Path, store: Path, expect: dict[str, str]) -> dict[str, Any]:
+def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest at ``path`` after every check in the module docstring; else ManifestProblem.
 
-    ``expect`` holds the ``subject``, ``producer``, ``engine`` and ``case`` the folder says.
+    ``expect`` holds the ``subject``, ``producer``, ``engine`` and ``case`` the folder says
+    (None: a manifest just written into a staging folder, whose place is not yet its own).
+    This is the only reader of manifests.
     """
-    from harness.manifest import SCHEMA_VERSION
-
     try:
         _no_symlinks(Path(store), path)
         st = path.lstat()
@@ -143,7 +133,7 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str]) -> dict[str, 
             "and has no reader for older schemas"
         )
 
-    for key in ("subject", "engine", "case"):
+    for key in ("subject", "engine", "case") if expect else ():
         if data.get(key) != expect[key]:
             raise ManifestProblem(
                 f"manifest {path} says {key} {data.get(key)!r} but lies in the folder of "
@@ -151,7 +141,7 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str]) -> dict[str, 
             )
     producer = data.get("producer")
     pid = producer.get("id") if isinstance(producer, dict) else None
-    if pid != expect["producer"]:
+    if expect and pid != expect["producer"]:
         raise ManifestProblem(
             f"manifest {path} says producer {pid!r} but lies in producer folder "
             f"{expect['producer']!r}"
@@ -206,26 +196,22 @@ def _sha256_regular(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def verified_path(golden: Golden, fmt: str) -> Path:
-    """The file of ``fmt`` in ``golden`` once it is proven intact (module docstring); else
-    :class:`harness.store.IntegrityError` naming the golden, the file, and the expected and actual
-    hash (or what else is wrong)."""
-    from harness.store import IntegrityError
+def verified_file(store: Path, producer_dir: Path, entry: Any, label: str) -> Path:
+    """The file a manifest ``entry`` names, once it is proven intact (module docstring); else
+    :class:`IntegrityError` starting with ``label`` (e.g. "golden <id>: expected file") and
+    naming the file, and the expected and actual hash (or what else is wrong)."""
 
     def fail(msg: str) -> IntegrityError:
-        return IntegrityError(f"golden {golden.id}: {fmt} file {msg}")
+        return IntegrityError(f"{label} {msg}")
 
-    entry = golden.manifest["files"].get(fmt)
-    if entry is None:
-        raise KeyError(f"golden {golden.id} has no {fmt!r} file")
     try:
         _check_entry(entry)
         rel = _safe_relpath(entry["path"])
     except ValueError as exc:
         raise fail(f"entry is unusable: {exc}") from None
-    path = golden.producer_dir / rel
+    path = producer_dir / rel
     try:
-        _no_symlinks(golden.store, path)
+        _no_symlinks(store, path)
         st = path.lstat()
     except FileNotFoundError:
         raise fail(f"{path} is missing (manifest records sha256 {entry['sha256']})") from None
@@ -307,65 +293,3 @@ def inspect_zip(path: Path) -> None:
                 f"(entry {name!r} declares {info.file_size}); raise QBC_MAX_UNPACKED_BYTES "
                 "if this is a real model"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# the runner's guard
-
-
-def precheck(item: CheckItem) -> None:
-    """Fail (GoldenFailure) a check whose golden cannot even be interpreted by this qbc:
-    unusable manifest, or a subject, engine, case or format this qbc does not know."""
-    from harness.cases import get_case
-    from harness.formats import get_format
-    from harness.subjects import check_engine, get_subject
-    from harness.verify import _fail
-
-    g = item.golden
-    if g.problem is not None:
-        raise _fail(item, "unusable golden manifest", g.problem)
-    try:
-        subject = get_subject(g.subject)
-        check_engine(subject, g.engine)
-        get_case(g.subject, g.case)
-        get_format(item.fmt)
-    except KeyError as exc:
-        raise _fail(
-            item, "golden names something this qbc does not know", str(exc.args[0])
-        ) from None
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def guarded(check: F) -> F:
-    """Decorate the runner's per-check function so every problem is that golden's failure.
-
-    Runs :func:`precheck` first; then an IntegrityError, or any exception other than the
-    runner's own GoldenFailure / GoldenSkip (a corrupt file that torch, safetensors or the policy
-    tripped over), becomes a GoldenFailure naming the golden and format, with the original
-    exception chained so its traceback stays visible. So a check either passes, skips, or
-    raises GoldenFailure.
-    """
-
-    @functools.wraps(check)
-    def run(item: CheckItem, *args: Any, **kwargs: Any) -> Any:
-        from harness.store import IntegrityError
-        from harness.verify import GoldenFailure, GoldenSkip, _fail
-
-        precheck(item)
-        try:
-            return check(item, *args, **kwargs)
-        except (GoldenFailure, GoldenSkip):
-            raise
-        except IntegrityError as exc:
-            raise _fail(item, "golden file failed its integrity check", str(exc)) from None
-        except Exception as exc:
-            from harness.isolation import LoadError, describe
-
-            what, detail = describe(LoadError(type(exc).__name__, str(exc)))
-            if what == "could not load the golden file":
-                what = "check failed on the golden's data"
-            raise _fail(item, what, detail) from exc
-
-    return run  # type: ignore[return-value]

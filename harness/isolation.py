@@ -19,6 +19,7 @@ protection; the runner says nothing different, the failure just takes the run do
 
 from __future__ import annotations
 
+import enum
 import io
 import os
 import select
@@ -159,12 +160,21 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> An
     return result[1]
 
 
-def describe(problem: IsolatedLoadProblem) -> tuple[str, str]:
-    """(headline, detail) of a failed isolated load, for the golden's failure message."""
+class ProblemKind(enum.Enum):
+    """What kind of failed load a :class:`IsolatedLoadProblem` is; the runner words it."""
+
+    NATIVE_CRASH = "native crash while loading"
+    TIMEOUT = "load took too long"
+    REFUSED_CODE = "refused to run code from the golden"
+    LOAD_ERROR = "could not load the golden file"
+
+
+def describe(problem: IsolatedLoadProblem) -> tuple[ProblemKind, str]:
+    """(kind, detail) of a failed isolated load, for the golden's failure message."""
     if isinstance(problem, NativeCrash):
-        return "native crash while loading", str(problem)
+        return ProblemKind.NATIVE_CRASH, str(problem)
     if isinstance(problem, LoadTimeout):
-        return "load took too long", str(problem)
+        return ProblemKind.TIMEOUT, str(problem)
     assert isinstance(problem, LoadError)
     if problem.type_name == "UnpicklingError" and "Weights only load failed" in problem.message:
         # torch's message is long advice about weights_only=False; keep the reason line.
@@ -178,26 +188,20 @@ def describe(problem: IsolatedLoadProblem) -> tuple[str, str]:
         )
         reason = reason.split(" Please use")[0]  # drop torch's advice to allowlist the global
         return (
-            "refused to run code from the golden",
+            ProblemKind.REFUSED_CODE,
             "the file's pickle asks to call or build objects a weights-only load does not allow "
             f"(loaded with weights_only=True, nothing was executed): {reason}",
         )
     lines = [line for line in problem.message.strip().splitlines() if line.strip()]
-    return "could not load the golden file", f"{problem.type_name}: {' '.join(lines[:3])[:600]}"
+    return ProblemKind.LOAD_ERROR, f"{problem.type_name}: {' '.join(lines[:3])[:600]}"
 
 
-def load(fmt: Any, path: Any, ctx: Any, item: Any) -> Any:
-    """The runner's load: ``fmt.read(path, ctx)``, in a child when :func:`needs_isolation`;
-    every failure becomes a GoldenFailure naming the golden, the format and the file."""
-    from harness.verify import _fail
-
+def load(fmt: Any, path: Any, ctx: Any) -> Any:
+    """``fmt.read(path, ctx)``, in a child when :func:`needs_isolation`; any failure is raised
+    as an :class:`IsolatedLoadProblem` (the runner turns it into that golden's failure)."""
+    if needs_isolation(fmt, ctx):
+        return call(fmt.read, path, ctx)
     try:
-        if needs_isolation(fmt, ctx):
-            return call(fmt.read, path, ctx)
-        try:
-            return fmt.read(path, ctx)
-        except Exception as exc:
-            raise LoadError(type(exc).__name__, str(exc)) from exc
-    except IsolatedLoadProblem as problem:
-        what, detail = describe(problem)
-        raise _fail(item, what, f"{detail}\nfile: {path}") from None
+        return fmt.read(path, ctx)
+    except Exception as exc:
+        raise LoadError(type(exc).__name__, str(exc)) from exc

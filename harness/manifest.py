@@ -123,12 +123,3 @@ def default_command() -> str:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if data.get("schema") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: golden schema {data.get('schema')!r}, this qbc reads {SCHEMA_VERSION}"
-        )
-    return data

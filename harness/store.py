@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic, integrity
-from harness.manifest import read_manifest, sha256_file
+from harness.manifest import sha256_file
+from harness.outcomes import ManifestProblem
 
 MANIFEST = "manifest.json"
 BLOBS = "blobs"
 TEXT_SUFFIXES = (".txt", ".json")
-
-
-class IntegrityError(AssertionError):
-    """A golden file's bytes do not match its manifest (names file, expected and actual hash)."""
 
 
 @dataclass
@@ -60,8 +57,14 @@ class Golden:
 
     def path(self, fmt: str) -> Path:
         """The file of ``fmt`` after checking its size and sha256 against the manifest (and that
-        it is a regular file inside the store, and not a zip bomb: harness.integrity)."""
-        return integrity.verified_path(self, fmt)
+        it is a regular file inside the store, and not a zip bomb): harness.integrity; else
+        :class:`harness.outcomes.IntegrityError`."""
+        entry = self.manifest["files"].get(fmt)
+        if entry is None:
+            raise KeyError(f"golden {self.id} has no {fmt!r} file")
+        return integrity.verified_file(
+            self.store, self.producer_dir, entry, f"golden {self.id}: {fmt} file"
+        )
 
 
 def iter_goldens(store: Path) -> list[Golden]:
@@ -83,7 +86,7 @@ def iter_goldens(store: Path) -> list[Golden]:
         try:
             manifest = integrity.load_manifest(case_dir / MANIFEST, store, ids)
             problem = None
-        except integrity.ManifestProblem as exc:
+        except ManifestProblem as exc:
             manifest, problem = {"files": {}}, str(exc)
         out.append(Golden(store=store, **ids, manifest=manifest, problem=problem))
     return out
@@ -127,7 +130,8 @@ def collect_garbage(producer_tmp: Path) -> None:
     """Delete blobs no manifest references any more."""
     used: set[str] = set()
     for manifest in producer_tmp.glob(f"*/*/{MANIFEST}"):
-        used.update(e["path"] for e in read_manifest(manifest)["files"].values())
+        data = integrity.load_manifest(manifest, producer_tmp)
+        used.update(e["path"] for e in data["files"].values())
     blobs = producer_tmp / BLOBS
     if blobs.is_dir():
         for blob in blobs.iterdir():

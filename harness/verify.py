@@ -30,24 +30,20 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from harness import integrity, isolation
+from harness import compat, isolation
 from harness import manifest as mf
-from harness.cases import BuildContext, Built, get_case
+from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
-from harness.formats.graph import section
+from harness.graphsig import section
+from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_failure
 from harness.policy import KnownBreak, Policy, Verdict, Where, judge
 from harness.store import Golden, iter_goldens
-from harness.subjects import get_subject
+from harness.subjects import check_engine, get_case, get_subject
 
-
-class GoldenFailure(AssertionError):
-    """A golden check failed; the message carries producer, engine, format and statistics."""
-
-
-class GoldenSkip(Exception):
-    """The check cannot run here (engine or subject unavailable); the message says why."""
+#: name of the single check a golden with an unusable manifest gets
+MANIFEST_CHECK = "manifest"
 
 
 @dataclass(frozen=True)
@@ -62,17 +58,15 @@ class CheckItem:
 
 def collect(store: Path) -> list[CheckItem]:
     """Every (golden, format) check of the store, in id order."""
-    # A golden whose manifest is unusable still gets one (failing) check: harness.integrity.
+    # A golden whose manifest is unusable still gets one (failing) check: see precheck().
     return [
         CheckItem(g, f)
         for g in iter_goldens(store)
-        for f in (sorted(g.formats) or [integrity.MANIFEST_CHECK])
+        for f in (sorted(g.formats) or [MANIFEST_CHECK])
     ]
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
-    from harness import compat
-
     g = item.golden
     producer_torch = mf.parse_producer(g.producer)[0]
     for entry in breaks:
@@ -107,11 +101,61 @@ def _where(golden: Golden, check: str) -> Where:
 
 
 def _fail(item: CheckItem, what: str, detail: str) -> GoldenFailure:
+    return golden_failure(item.golden.id, item.fmt, what, detail)
+
+
+def precheck(item: CheckItem) -> None:
+    """Fail (GoldenFailure) a check whose golden cannot even be interpreted by this qbc:
+    unusable manifest, or a subject, engine, case or format this qbc does not know."""
     g = item.golden
-    return GoldenFailure(
-        f"{what}: subject {g.subject}, producer {g.producer}, engine {g.engine}, case {g.case}, "
-        f"format {item.fmt}\n{detail}"
-    )
+    if g.problem is not None:
+        raise _fail(item, "unusable golden manifest", g.problem)
+    try:
+        subject = get_subject(g.subject)
+        check_engine(subject, g.engine)
+        get_case(g.subject, g.case)
+        get_format(item.fmt)
+    except KeyError as exc:
+        raise _fail(
+            item, "golden names something this qbc does not know", str(exc.args[0])
+        ) from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(check: F) -> F:
+    """Decorate the runner's per-check function so every problem is that golden's failure.
+
+    Runs :func:`precheck` first; then an IntegrityError, a failed isolated load, or any
+    exception other than GoldenFailure / GoldenSkip (a corrupt file that torch, safetensors or
+    the policy tripped over) becomes a GoldenFailure naming the golden and format, with the
+    original exception chained so its traceback stays visible. So a check either passes, skips,
+    or raises GoldenFailure.
+    """
+
+    @functools.wraps(check)
+    def run(item: CheckItem, *args: Any, **kwargs: Any) -> Any:
+        precheck(item)
+        try:
+            return check(item, *args, **kwargs)
+        except (GoldenFailure, GoldenSkip):
+            raise
+        except IntegrityError as exc:
+            raise _fail(item, "golden file failed its integrity check", str(exc)) from None
+        except isolation.IsolatedLoadProblem as problem:
+            kind, detail = isolation.describe(problem)
+            raise _fail(item, kind.value, detail) from None
+        except Exception as exc:
+            kind, detail = isolation.describe(isolation.LoadError(type(exc).__name__, str(exc)))
+            what = (
+                "check failed on the golden's data"
+                if kind is isolation.ProblemKind.LOAD_ERROR
+                else kind.value
+            )
+            raise _fail(item, what, detail) from exc
+
+    return run  # type: ignore[return-value]
 
 
 #: Called on a numeric failure as hook(stored: dict, today: dict) -> str | None (the first
@@ -157,16 +201,13 @@ def first_divergence(item: CheckItem, today: Built) -> str | None:
         return f"first divergent op: not determined ({type(exc).__name__}: {exc})"
 
 
-@integrity.guarded  # unknown names, broken manifests, corrupt data: that golden's failure
+@guarded  # unknown names, broken manifests, corrupt data: that golden's failure
 def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
     """Run one check; raises GoldenFailure (with statistics) or GoldenSkip; returns the verdict."""
     import torch
 
     g = item.golden
-    try:
-        subject = get_subject(g.subject)
-    except KeyError as exc:
-        raise _fail(item, "golden of an unknown subject", str(exc)) from None
+    subject = get_subject(g.subject)  # known: precheck
     reason = subject.unavailable_reason(g.engine)
     if reason:
         raise GoldenSkip(reason)
@@ -174,10 +215,6 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
     path = g.path(item.fmt)  # integrity first, for every file we touch
     input_path = g.path("input")
     with subject.use_engine(g.engine):
-        try:
-            get_case(g.subject, g.case)
-        except KeyError as exc:
-            raise _fail(item, "golden of a case that no longer exists", str(exc)) from None
         input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
         today = _today(g.subject, g.case, g.engine, input_key, str(input_path))
         inputs = today.inputs
@@ -215,7 +252,11 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                     inputs, today, g.engine, weights_only=item.fmt not in case.trusted_load
                 )
                 # In a child process: a native crash or hang fails this golden, not the run.
-                actual = isolation.load(fmt, path, ctx, item)
+                try:
+                    actual = isolation.load(fmt, path, ctx)
+                except isolation.IsolatedLoadProblem as problem:
+                    kind, detail = isolation.describe(problem)
+                    raise _fail(item, kind.value, f"{detail}\nfile: {path}") from None
                 if item.fmt == "package":
                     stored_attrs = (
                         section(g.path("graph").read_text(), "get_attr")

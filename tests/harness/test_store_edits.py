@@ -17,7 +17,8 @@ from conftest import PRODUCER_ID, add_to_byte, golden_dir, manifest, tensor_data
 
 from harness.manifest import sha256_file
 from harness.policy import Policy
-from harness.verify import GoldenFailure, collect, run_check
+from harness.outcomes import GoldenFailure
+from harness.verify import collect, run_check
 
 EDITED_ENGINE, EDITED_CASE = "qnnpack", "linear"
 

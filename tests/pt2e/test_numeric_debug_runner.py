@@ -34,7 +34,8 @@ from harness.quant.pt2e.numeric_debugger import (
     generate_numeric_debug_handle,
     get_numeric_debug_handle,
 )
-from harness.verify import CheckItem, GoldenFailure, run_check
+from harness.outcomes import GoldenFailure
+from harness.verify import CheckItem, run_check
 
 CASE_NAME = "numeric_debug_conv2d_conv1d"
 ENGINE = "reference"

@@ -110,8 +110,8 @@ def run_checks(
     """Run the runner's per-check function on the checks of one golden (all, or ``formats``;
     the ``manifest`` check of a golden with an unusable manifest always runs)."""
     from harness.policy import Policy
-    from harness.store import IntegrityError
-    from harness.verify import GoldenFailure, GoldenSkip, collect, run_check
+    from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError
+    from harness.verify import collect, run_check
 
     policy = policy or Policy.load(None)
     out = []

@@ -13,8 +13,8 @@ import pytest
 from harness import cli
 from harness.manifest import SCHEMA_VERSION
 from harness.policy import Policy
-from harness.store import IntegrityError
-from harness.verify import GoldenFailure, collect, run_check
+from harness.outcomes import GoldenFailure, IntegrityError
+from harness.verify import collect, run_check
 
 from .reliability_helpers import (
     ENGINE,
@@ -43,7 +43,7 @@ def regen():  # type: ignore[no-untyped-def]
         (["--subject", "mylib"], "unknown subject 'mylib'; known: torch_ao, qbc"),
         (
             ["--subject", "torch_ao", "--engine", "tpu"],
-            "unknown engine of subject 'torch_ao' 'tpu'",
+            "unknown torch_ao engine 'tpu'",
         ),
         (["--subject", "torch_ao", "--case", "resnet*"], "no case matches 'resnet*'"),
     ],
@@ -102,8 +102,8 @@ def relabel(store: Path, **names: str) -> Path:
     ("names", "message"),
     [
         ({"subject": "mylib"}, "unknown subject 'mylib'"),
-        ({"engine": "tpu"}, "unknown engine of subject 'torch_ao' 'tpu'"),
-        ({"case": "resnet50"}, "unknown case 'resnet50' for subject 'torch_ao'"),
+        ({"engine": "tpu"}, "unknown torch_ao engine 'tpu'"),
+        ({"case": "resnet50"}, "unknown torch_ao case 'resnet50'"),
     ],
 )
 def test_a_golden_naming_something_this_qbc_does_not_know_fails_naming_it(
