@@ -140,8 +140,7 @@ def breaks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
     """For the producer (default: current): which case x engine x format has a golden, what is
     missing against today's case table, and which goldens belong to no current case."""
-    from harness.cases import all_cases
-    from harness.subjects import get_subject
+    from harness.subjects import all_cases, get_subject
 
     producer = producer or producer_id()
     have = {

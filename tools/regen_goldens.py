@@ -70,7 +70,7 @@ def compare_producer(committed: Path, fresh: Path, subjects: list[str], producer
 
 
 def _compare(committed: Path, fresh: Path, subjects: list[str], producer: str) -> list[str]:
-    from harness.cases import get_case
+    from harness.subjects import get_case
     from harness.policy import compare_leaf, flatten
     from harness.store import iter_goldens
 

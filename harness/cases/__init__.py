@@ -7,7 +7,8 @@ everything the formats need (the module to run, inputs, expected output, optiona
 traced / exported / packaged artifacts, and the graph signature).
 
 Adding a case is a table edit in the subject's case module (``harness/cases/<subject>.py``);
-the generator, store, runner, report and coverage gate pick it up without further code.
+the generator, store, runner, report and coverage gate pick it up without further code. Cases are
+found by subject (``harness.subjects.get_case`` / ``all_cases``): this module knows no subject.
 """
 
 from __future__ import annotations
@@ -129,22 +130,6 @@ class Case:
             "description": self.description,
             "trusted_load": list(self.trusted_load),
         }
-
-
-def all_cases(subject: str | None = None) -> list[Case]:
-    """Every case of every registered subject (or of one), in catalogue order."""
-    from harness.subjects import get_subject, subject_names
-
-    names = [subject] if subject else subject_names()
-    return [c for n in names for c in get_subject(n).cases()]
-
-
-def get_case(subject: str, name: str) -> Case:
-    """The case ``name`` of ``subject``; a clear error naming it when it does not exist."""
-    for case in all_cases(subject):
-        if case.name == name:
-            return case
-    raise KeyError(f"unknown case {name!r} for subject {subject!r}")
 
 
 def select_cases(cases: Sequence[Case], pattern: str | None) -> list[Case]:

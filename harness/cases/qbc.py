@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harness.cases import BuildContext, Built, Case
-from harness.formats.graph import signature
+from harness.graphsig import signature
 
 INPUT_SCALE = 1.0 / 128
 SCRIPTABLE = ("reference", "int_mm")

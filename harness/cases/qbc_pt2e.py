@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from harness.cases import BuildContext, Built, Case
-from harness.formats.graph import signature
+from harness.graphsig import signature
 
 ENGINE = "reference"
 FORMATS = ("input", "state_dict", "exported", "expected", "graph", "intermediates")

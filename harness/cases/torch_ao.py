@@ -21,7 +21,7 @@ from torch import nn
 
 from harness.cases import BuildContext, Built, Case
 from harness.cases.torch_ao_models import LinearReluFunctional, LinearReLUNet, LSTMHolder
-from harness.formats.graph import signature
+from harness.graphsig import signature
 
 # Quantized inputs of static modules: x ~ U[0, 1) quantized with scale 1/128, zero point 0, so
 # every input value is representable on quint8's [0, 255] with 7 fractional bits.

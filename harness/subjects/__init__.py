@@ -20,7 +20,9 @@ from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
+from harness.outcomes import UnknownName
+
+if TYPE_CHECKING:  # cases import torch; the registry itself stays importable without it
     from harness.cases import Case
 
 
@@ -50,17 +52,6 @@ class Subject(Protocol):
     def cases(self) -> Sequence[Case]:
         """The subject's case table."""
         ...
-
-
-class UnknownName(KeyError):
-    """An unknown subject, case, engine or format; the message names it and the known ones."""
-
-    def __init__(self, kind: str, name: str, known: Sequence[str]) -> None:
-        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(known) or '(none)'}")
-        self.kind, self.name = kind, name
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 # name -> "module:attribute"; imported lazily so `qbc cases` stays fast and a subject whose
@@ -98,10 +89,25 @@ def get_subject(name: str) -> Subject:
 def check_engine(subject: Subject, engine: str) -> None:
     """Raise :class:`UnknownName` if ``engine`` is not one of the subject's engines."""
     if engine not in subject.engines():
-        raise UnknownName(f"engine of subject {subject.name!r}", engine, subject.engines())
+        raise UnknownName(f"{subject.name} engine", engine, subject.engines())
 
 
 @contextlib.contextmanager
 def no_engine() -> Iterator[None]:
     """A do-nothing engine context, for subjects whose engines need no global switch."""
     yield
+
+
+def all_cases(subject: str | None = None) -> list[Case]:
+    """Every case of every registered subject (or of one), in catalogue order."""
+    names = [subject] if subject else subject_names()
+    return [c for n in names for c in get_subject(n).cases()]
+
+
+def get_case(subject: str, name: str) -> Case:
+    """The case ``name`` of ``subject``; :class:`UnknownName` naming it when there is none."""
+    cases = get_subject(subject).cases()
+    for case in cases:
+        if case.name == name:
+            return case
+    raise UnknownName(f"{subject} case", name, [c.name for c in cases])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import BuildContext, Case, all_cases
+from harness.cases import BuildContext, Case
+from harness.subjects import all_cases
 from harness.subjects import get_subject
 
 

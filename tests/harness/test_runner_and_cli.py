@@ -78,7 +78,7 @@ def test_verify_exits_nonzero_and_explains_a_regression(small_store: Path) -> No
         (["generate", "--subject", "torch_ao", "--case", "nosuch*"], "no case matches 'nosuch*'"),
         (
             ["generate", "--subject", "torch_ao", "--engine", "tpu"],
-            "unknown engine of subject 'torch_ao' 'tpu'",
+            "unknown torch_ao engine 'tpu'",
         ),
     ],
 )
