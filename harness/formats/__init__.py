@@ -16,49 +16,27 @@ reports. ``role`` tells the runner which check a format feeds:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import functools
 
-from harness.cases import Built
-from harness.subjects import UnknownName
+from harness.formats.base import FORMATS, Format, LoadContext, register
+from harness.outcomes import UnknownName
 
+__all__ = ["FORMATS", "Format", "LoadContext", "format_names", "get_format", "register"]
 
-@dataclass(frozen=True)
-class LoadContext:
-    """What a reader may use: the stored inputs and today's case skeleton."""
-
-    inputs: tuple[Any, ...]
-    today: Built
-    engine: str
-    #: False only for formats a case lists in ``Case.trusted_load``
-    weights_only: bool = True
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    filename: str
-    role: str
-    write: Callable[[Built, Path], None]
-    read: Callable[[Path, LoadContext | None], Any]
-    weights_only: bool = True
-    runs_code_on_load: bool = False
-    #: regenerating with the same producer gives bit-identical bytes (regen --check compares
-    #: hashes); otherwise it compares loaded contents within policy
-    deterministic: bool = True
-    description: str = ""
-
-
-FORMATS: dict[str, Format] = {}
-_LOADED = False
-
-
-def register(fmt: Format) -> Format:
-    """Add a format to the registry (a plug-in format is one call)."""
-    FORMATS[fmt.name] = fmt
-    return fmt
+#: report column order of the built-in formats (plug-in formats follow, in registration order)
+_ORDER = (
+    "input",
+    "state_dict",
+    "state_dict_legacy",
+    "safetensors",
+    "scripted",
+    "traced",
+    "exported",
+    "package",
+    "expected",
+    "graph",
+    "intermediates",
+)
 
 
 def get_format(name: str) -> Format:
@@ -73,29 +51,14 @@ def format_names() -> list[str]:
     return list(FORMATS)
 
 
+@functools.cache
 def _load_builtin() -> None:
-    # Imported for their registration side effect, in report column order.
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+    # Imported for their registration side effect, lazily: torch.export / torch.package are only
+    # imported when a format is asked for.
     from harness.formats import exported, graph, package, tensors, torchscript
 
-    graph._register()
-    # Report column order.
-    order = [
-        "input",
-        "state_dict",
-        "state_dict_legacy",
-        "safetensors",
-        "scripted",
-        "traced",
-        "exported",
-        "package",
-        "expected",
-        "graph",
-        "intermediates",
-    ]
-    del exported, package, tensors, torchscript
-    for name in order:
-        FORMATS[name] = FORMATS.pop(name)
+    del exported, graph, package, tensors, torchscript
+    plugins = {k: v for k, v in FORMATS.items() if k not in _ORDER}
+    ordered = {name: FORMATS[name] for name in _ORDER if name in FORMATS}
+    FORMATS.clear()
+    FORMATS.update({**ordered, **plugins})

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from harness.cases import Built
-from harness.formats import Format, LoadContext, register
+from harness.formats.base import Format, LoadContext, register
 
 
 def write_exported(b: Built, path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.cases import Built
-from harness.formats import Format, LoadContext, register
-from harness.formats.graph import section, signature
+from harness.formats.base import Format, LoadContext, register
+from harness.graphsig import section, signature
 
 PACKAGE_NAME = "qbc_case"
 RESOURCE = "model.pkl"

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from harness.cases import Built
-from harness.formats import Format, LoadContext, register
+from harness.formats.base import Format, LoadContext, register
 
 
 def _load(path: Path, weights_only: bool = True) -> Any:

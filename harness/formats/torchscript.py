@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from harness.cases import Built
-from harness.formats import Format, LoadContext, register
+from harness.formats.base import Format, LoadContext, register
 
 
 def _saver(attr: str) -> Any:
