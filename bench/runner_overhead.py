@@ -59,9 +59,8 @@ def bare_loop(store: Path) -> dict[str, int]:
     from torch.package import PackageImporter
 
     from harness.cases import BuildContext
-    from harness.subjects import get_case
     from harness.formats.package import PACKAGE_NAME, RESOURCE
-    from harness.subjects import get_subject
+    from harness.subjects import get_case, get_subject
 
     counts = {"goldens": 0, "files": 0, "skipped": 0}
     for manifest_path in sorted(store.glob("*/*/*/*/manifest.json")):
@@ -109,8 +108,8 @@ def bare_loop(store: Path) -> dict[str, int]:
 
 def runner_loop(store: Path) -> dict[str, int]:
     """The runner without pytest: every (golden, format) check through ``run_check``."""
-    from harness.policy import Policy
     from harness.outcomes import GoldenFailure, GoldenSkip
+    from harness.policy import Policy
     from harness.verify import collect, run_check
 
     policy = Policy.load(None)

@@ -70,9 +70,9 @@ def compare_producer(committed: Path, fresh: Path, subjects: list[str], producer
 
 
 def _compare(committed: Path, fresh: Path, subjects: list[str], producer: str) -> list[str]:
-    from harness.subjects import get_case
     from harness.policy import compare_leaf, flatten
     from harness.store import iter_goldens
+    from harness.subjects import get_case
 
     def index(store: Path) -> dict[str, Any]:
         return {

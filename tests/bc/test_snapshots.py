@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 
 from harness.cases import BuildContext, Case
-from harness.subjects import all_cases
-from harness.subjects import get_subject
+from harness.subjects import all_cases, get_subject
 
 
 def _params() -> list:

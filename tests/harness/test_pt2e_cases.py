@@ -18,9 +18,9 @@ from harness import manifest as mf
 from harness import store as st
 from harness.cases.qbc_pt2e import CASES, ENGINE
 from harness.graphsig import signature
+from harness.outcomes import GoldenFailure
 from harness.policy import Policy
 from harness.quant.pt2e.numeric_debugger import Intermediates, get_numeric_debug_handle
-from harness.outcomes import GoldenFailure
 from harness.verify import CheckItem, run_check
 
 STORE = Path(__file__).resolve().parents[2] / "golden"

@@ -16,8 +16,8 @@ import pytest
 from conftest import PRODUCER_ID, add_to_byte, golden_dir, manifest, tensor_data_offset
 
 from harness.manifest import sha256_file
-from harness.policy import Policy
 from harness.outcomes import GoldenFailure
+from harness.policy import Policy
 from harness.verify import collect, run_check
 
 EDITED_ENGINE, EDITED_CASE = "qnnpack", "linear"

@@ -21,6 +21,7 @@ from harness import store as st
 from harness.cases import BuildContext, Built, Case
 from harness.compat import export_module
 from harness.generate import generate
+from harness.outcomes import GoldenFailure
 from harness.policy import Policy
 from harness.quant.pt2e import (
     SymmetricQuantizer,
@@ -34,7 +35,6 @@ from harness.quant.pt2e.numeric_debugger import (
     generate_numeric_debug_handle,
     get_numeric_debug_handle,
 )
-from harness.outcomes import GoldenFailure
 from harness.verify import CheckItem, run_check
 
 CASE_NAME = "numeric_debug_conv2d_conv1d"

@@ -109,8 +109,8 @@ def run_checks(
 ) -> list[Outcome]:
     """Run the runner's per-check function on the checks of one golden (all, or ``formats``;
     the ``manifest`` check of a golden with an unusable manifest always runs)."""
-    from harness.policy import Policy
     from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError
+    from harness.policy import Policy
     from harness.verify import collect, run_check
 
     policy = policy or Policy.load(None)

@@ -12,8 +12,8 @@ import pytest
 
 from harness import cli
 from harness.manifest import SCHEMA_VERSION
-from harness.policy import Policy
 from harness.outcomes import GoldenFailure, IntegrityError
+from harness.policy import Policy
 from harness.verify import collect, run_check
 
 from .reliability_helpers import (

@@ -107,10 +107,10 @@ def test_a_package_whose_hash_does_not_match_is_never_opened(tmp_path: Path, pol
 def test_formats_that_run_code_are_flagged_in_manifests_and_named_in_the_report(
     tmp_path: Path,
 ) -> None:
-    from harness.subjects import get_case
     from harness.formats import get_format
     from harness.report import render
     from harness.store import iter_goldens
+    from harness.subjects import get_case
 
     from .reliability_helpers import COMMITTED
 
