@@ -30,8 +30,16 @@ Engines
             = (A @ Q_w^T) - z_w[n] * sum_k a[m, k] + c * sum_k q_w[n, k] - c * z_w[n] * K
 
     The product ``A @ Q_w^T`` is exact in int32 while ``K * 128 * 128 < 2**31`` (K <= 131071);
-    the corrections are added in int64. The accumulator is then requantized by the same code as
-    ``reference``, so the outputs are identical.
+    the corrections are added in float64 on exact integers. The accumulator is then requantized
+    by the same code as ``reference``, so the outputs are identical.
+
+    ``torch._int_mm`` itself is not exact everywhere: with ``K == 1`` and the weight passed as
+    its transpose it returns garbage (seen on AVX512-VNNI), and under a capped oneDNN
+    (``ONEDNN_MAX_CPU_ISA=AVX2`` on a VNNI CPU) its int16 pair sums saturate. Eager calls go
+    through :mod:`harness.quant.int_mm`, which lays ``K == 1`` out row-major and picks, by a
+    probe at first use, the direct GEMM or an exact fallback (weights split into halves that
+    cannot saturate); ``qbc engines`` names the choice. Captured graphs (trace, export) lay
+    ``K == 1`` out the same way; TorchScript keeps the plain transposed call for now.
 ``fbgemm``, ``x86``, ``qnnpack``, ``onednn``
     torch's own quantized CPU kernels (``torch.ops.quantized.*``) with
     ``torch.backends.quantized.engine`` set. Our plain integers become torch quantized tensors
@@ -54,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import compat
+from harness.quant import int_mm
 
 INTEGER_ENGINES = ("reference", "int_mm")
 NATIVE_ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -142,8 +152,17 @@ def available_engines() -> tuple[str, ...]:
     return tuple(name for name, e in ENGINES.items() if e.available)
 
 
+def engine_detail(name: str) -> str:
+    """How an available engine computes on this machine, when that is decided here: for
+    ``int_mm``, the plan its probe chose (:func:`harness.quant.int_mm.plan`); else ``""``."""
+    if name == "int_mm" and ENGINES[name].available:
+        return int_mm.plan().describe()
+    return ""
+
+
 def engine_rows() -> list[dict[str, Any]]:
-    """One row per engine for ``qbc engines``: name, kind, available, reason, description."""
+    """One row per engine for ``qbc engines``: name, kind, available, reason, description,
+    detail (:func:`engine_detail`)."""
     rows = []
     for name, e in ENGINES.items():
         reason = e.unavailable_reason()
@@ -154,6 +173,7 @@ def engine_rows() -> list[dict[str, Any]]:
                 "available": reason is None,
                 "reason": reason or "",
                 "description": e.description,
+                "detail": engine_detail(name) if reason is None else "",
             }
         )
     return rows
@@ -227,12 +247,29 @@ def matmul_acc_int_mm(
         a = x_q.to(torch.int8)
         c = -x_zp.to(torch.float64).reshape(1, 1)
     zw = w_zp.to(torch.float64).reshape(1, -1)
-    total = torch._int_mm(a, w_q.t()).to(torch.float64)
+    if torch.jit.is_scripting():
+        total = torch._int_mm(a, w_q.t()).to(torch.float64)
+    elif not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        total = int_mm.product(int_mm.plan().kind, a, w_q).to(torch.float64)
+    elif _is_one(k):
+        # A graph cannot carry a plan probed where it was made; it gets the plain product,
+        # with K == 1 laid out row-major (harness.quant.int_mm).
+        total = torch._int_mm(a, w_q.reshape(1, -1)).to(torch.float64)
+    else:
+        total = torch._int_mm(a, w_q.t()).to(torch.float64)
     col_w = w_q.sum(dim=1, dtype=torch.int64).to(torch.float64).reshape(1, -1)
     total.add_(c * (col_w - zw * k))
     row_a = a.sum(dim=1, dtype=torch.int64).to(torch.float64).reshape(-1, 1)
     total.addcmul_(row_a, zw, value=-1.0)
     return total
+
+
+def _is_one(k: Any) -> bool:
+    """``k == 1`` for a size that the tracer hands out as a tensor (and warns when it becomes a
+    bool: a weight's K is fixed for the traced module, so the trace may keep the branch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return bool(k == 1)
 
 
 def matmul_acc(

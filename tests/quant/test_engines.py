@@ -49,7 +49,7 @@ def test_engine_rows_report_availability_and_reason(monkeypatch):
     assert rows["reference"]["available"] and rows["reference"]["reason"] == ""
     assert not rows["qnnpack"]["available"]
     assert compat.torch_release() in rows["qnnpack"]["reason"]
-    assert set(rows["x86"]) == {"name", "kind", "available", "reason", "description"}
+    assert set(rows["x86"]) == {"name", "kind", "available", "reason", "description", "detail"}
 
 
 def test_use_engine_nests_and_restores():

@@ -1,0 +1,121 @@
+"""The int_mm engine's exact product on this machine: K == 1 layout, plans, the probe."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.quant import engines as E
+from harness.quant import int_mm
+from harness.quant import nn as qnn
+from harness.quant.nn.testing import export_roundtrip, trace_roundtrip
+
+
+def _exact(a, w):
+    return torch.mm(a.to(torch.int64), w.to(torch.int64).t())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 20),
+    k=st.integers(1, 70),
+    n=st.integers(1, 20),
+    kind=st.sampled_from(["chosen", "split", "int64"]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_chosen_plan_and_the_fallbacks_are_exact_for_any_shape(m, k, n, kind, seed):
+    # "chosen" is whatever the probe picked on this machine; "split" is what a capped oneDNN
+    # gets; both must equal the int64 product bit for bit, full-range codes included.
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    kind = int_mm.plan().kind if kind == "chosen" else kind
+    assert torch.equal(int_mm.product(kind, a, w).to(torch.int64), _exact(a, w))
+
+
+def test_split_halves_rebuild_every_code_inside_the_unsaturated_range():
+    # All 256 int8 codes: hi in [-64, 63] keeps a u8 x s8 pair sum <= 2 * 255 * 64 = 32640,
+    # below int16's 32767; lo is one bit; 2 * hi + lo is the code again.
+    w = torch.arange(-128, 128, dtype=torch.int8).reshape(256, 1)
+    hi, lo = int_mm.split_weight(w).split(256)
+    assert int(hi.min()) == -64 and int(hi.max()) == 63
+    assert set(lo.flatten().tolist()) == {0, 1}
+    assert torch.equal(2 * hi.to(torch.int64) + lo, w.to(torch.int64))
+
+
+def test_a_single_input_feature_is_passed_row_major():
+    # W.t() of a [5, 1] weight has strides (1, 1), which torch._int_mm misreads; the reshape
+    # holds the same five values with the strides of a contiguous [1, 5] matrix.
+    w = torch.arange(5, dtype=torch.int8).reshape(5, 1)
+    b = int_mm.layout(w)
+    assert torch.equal(b, w.t()) and b.stride() == (5, 1)
+    assert int_mm.layout(torch.zeros(5, 3, dtype=torch.int8)).stride() == (1, 3)
+
+
+def _one_feature_linear():
+    m = qnn.Linear(1, 6)
+    gen = torch.Generator().manual_seed(3)
+    m.set_weight_bias(
+        torch.randint(-128, 128, (6, 1), dtype=torch.int8, generator=gen),
+        torch.full((6,), 0.02),
+        torch.zeros(6, dtype=torch.int64),
+        torch.randn(6, generator=gen),
+    )
+    m.set_output_qparams(0.01, 128)
+    x = torch.randint(0, 256, (9, 1), dtype=torch.uint8, generator=gen)
+    return m, (x, torch.tensor([0.05]), torch.tensor([7]))
+
+
+def test_linear_with_one_input_feature_equals_reference_eager_traced_and_exported():
+    m, args = _one_feature_linear()
+    with E.use_engine("reference"):
+        expected = m(*args)[0]
+    with E.use_engine("int_mm"):
+        assert torch.equal(m(*args)[0], expected)
+    assert torch.equal(trace_roundtrip(m, args, "int_mm")(*args)[0], expected)
+    assert torch.equal(export_roundtrip(m, args, "int_mm")(*args)[0], expected)
+
+
+def test_qbc_engines_names_the_int_mm_plan():
+    rows = {r["name"]: r for r in E.engine_rows()}
+    assert rows["int_mm"]["detail"].startswith(int_mm.plan().kind + ": ")
+    assert rows["reference"]["detail"] == ""
+
+
+_CAPPED_CHECK = textwrap.dedent(
+    """
+    import torch
+    from harness.quant import engines as E, int_mm
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in ((1, 64, 48), (33, 300, 70), (200, 512, 96)):
+        x = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=gen)
+        x[::2] = 255  # shifted to 127: the operand that saturates a capped oneDNN
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+        w[::2] = -128
+        zx, zw = torch.tensor([3]), torch.zeros(n, dtype=torch.int64)
+        ref = E.matmul_acc_reference(x, zx, w, zw).to(torch.float64)
+        assert torch.equal(E.matmul_acc_int_mm(x, zx, w, zw), ref), (m, k, n)
+    print(int_mm.plan().kind)
+    """
+)
+
+
+def test_int_mm_stays_exact_when_onednn_and_aten_are_capped_to_avx2():
+    # Caps are read when torch starts, so this runs in a child. On a VNNI CPU the capped oneDNN
+    # saturates (the probe then picks "split"); on an AVX2-only CPU the cap changes nothing.
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    done = subprocess.run(
+        [sys.executable, "-c", _CAPPED_CHECK], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in int_mm.PLANS
+
+
+def test_an_unknown_plan_is_refused_naming_it():
+    with pytest.raises(ValueError, match="kind: 'vnni'"):
+        int_mm.product("vnni", torch.zeros(1, 1, dtype=torch.int8), torch.zeros(1, 1))
