@@ -1,9 +1,10 @@
-"""qbc: backward-compatibility and serialization test harness for quantized PyTorch models."""
+"""qbc: backward-compatibility and serialization test harness for quantized PyTorch models.
 
-from harness.quant.decomposed import ensure_registered as _ensure_decomposed_ops
+Importing :mod:`harness` imports nothing else, torch included: the pytest plugin
+(:mod:`harness.pytest_plugin`) and the ``qbc`` command start from here, and a pytest run or an
+xdist controller that never runs a check should not pay for torch. :mod:`harness.quant`
+registers the ``quantized_decomposed`` ops; every reader of exported goldens registers them
+itself before ``torch.export.load``.
+"""
 
 __version__ = "0.1.0"
-
-# Exported goldens use quantized_decomposed ops; registering them here means `import harness`
-# is all a consumer needs before torch.export.load.
-_ensure_decomposed_ops()

@@ -107,12 +107,15 @@ def run_verify(
     junitxml: str | None = None,
 ) -> int:
     """Run the pytest runner over ``store``; outcomes land in ``results`` (JSON)."""
+    import importlib.util
+
     import pytest
 
-    import harness.verify
-
+    # The test module's path without importing it: this process only controls the workers
+    # (with -n), and importing the runner would import torch here for nothing.
+    verify_py = importlib.util.find_spec("harness.verify").origin  # type: ignore[union-attr]
     args = [
-        harness.verify.__file__,
+        str(verify_py),
         "--qbc-store",
         str(store),
         "--qbc-results",

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import re
+import sys
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: this leaf is imported by the pytest
+# plugin's controller side and the ``qbc`` command, which must start without torch.
 
 # torch 2.6 warns when an fx graph reads a plain tensor attribute (neither parameter nor buffer)
 # with get_attr: once while ExportedProgram.module() unlifts such a constant, and on every
@@ -57,18 +64,33 @@ def expected_torch_deprecations() -> Iterator[None]:
 
 def torch_version() -> tuple[int, int, int]:
     """The running torch release as (major, minor, patch), ignoring local tags like ``+cpu``."""
-    parts = re.findall(r"\d+", torch.__version__.split("+")[0])[:3]
+    parts = re.findall(r"\d+", torch_version_string().split("+")[0])[:3]
     return tuple(int(p) for p in [*parts, "0", "0"][:3])  # type: ignore[return-value]
+
+
+def torch_version_string() -> str:
+    """``torch.__version__`` (e.g. ``2.13.0+cpu``), read from the installed distribution's
+    metadata while torch is not imported yet, so that asking costs no torch import."""
+    if "torch" not in sys.modules:
+        try:
+            return importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            pass  # e.g. a torch source checkout on sys.path
+    import torch
+
+    return str(torch.__version__)
 
 
 def torch_release() -> str:
     """The torch release string without its local build tag: ``2.13.0+cpu`` -> ``2.13.0``."""
-    return torch.__version__.split("+")[0]
+    return torch_version_string().split("+")[0]
 
 
 @functools.cache
 def has_quantized_engines() -> bool:
     """True while this torch still ships its quantized CPU kernels (fbgemm, qnnpack, ...)."""
+    import torch
+
     try:
         return bool(torch.backends.quantized.supported_engines) and hasattr(
             torch.ops.quantized, "linear"
@@ -85,11 +107,15 @@ def has_torch_ao_quantized_modules() -> bool:
 
 @functools.cache
 def has_torchscript() -> bool:
+    import torch
+
     return hasattr(torch, "jit") and hasattr(torch.jit, "script")
 
 
 @functools.cache
 def has_torch_export() -> bool:
+    import torch
+
     return hasattr(torch, "export") and hasattr(torch.export, "export")
 
 
@@ -97,7 +123,7 @@ class FeatureUnavailable(RuntimeError):
     """Raised when this torch release lacks a feature; the message names feature and release."""
 
     def __init__(self, feature: str, detail: str = "") -> None:
-        msg = f"{feature} is not available on torch {torch.__version__}"
+        msg = f"{feature} is not available on torch {torch_version_string()}"
         if detail:
             msg += f": {detail}"
         super().__init__(msg)
@@ -122,6 +148,8 @@ def export_module(
     (``strict=True``, nodes also carry ``example_value``/``source_fn_stack`` meta), torch 2.13
     and 2.14 without (``strict=False``). Pinning it gives the same graph on every release.
     """
+    import torch
+
     kwargs.setdefault("strict", False)
     program = torch.export.export(model, example_inputs, **kwargs)  # type: ignore[arg-type]
     with expected_fx_constant_warnings():

@@ -52,11 +52,9 @@ def parse_producer(pid: str) -> tuple[tuple[int, ...], str]:
 
 
 def producer_info() -> dict[str, str]:
-    import torch
-
     return {
         "id": producer_id(),
-        "torch": torch.__version__,
+        "torch": compat.torch_version_string(),
         "qbc": harness.__version__,
         "python": platform.python_version(),
     }

@@ -20,6 +20,8 @@ Options:
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +141,13 @@ class _Results:
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         # Each xdist worker is one process per core already; intra-op threads would only fight
-        # over the same cores (the models are tiny, so no kernel parallelizes usefully).
-        import torch
-
-        torch.set_num_threads(1)
+        # over the same cores (the models are tiny, so no kernel parallelizes usefully). Through
+        # the environment while torch is not imported yet: a run that never needs torch (this
+        # plugin is active in every pytest run of the environment) does not pay for importing it.
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        else:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = config.getoption("--qbc-results", default=None)
     # Only the controller (not xdist workers) writes the results file.
     if results and not hasattr(config, "workerinput"):

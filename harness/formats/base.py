@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.cases import Built
+if TYPE_CHECKING:  # the registry itself is torch-free: reports read it without importing torch
+    from harness.cases import Built
 
 
 @dataclass(frozen=True)

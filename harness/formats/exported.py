@@ -1,7 +1,7 @@
 """torch.export formats: exported programs (.pt2) and per-handle intermediate outputs.
 
-``import harness`` registers the ``quantized_decomposed`` ops, so loading an exported golden never
-depends on the caller importing anything else first.
+The reader registers the ``quantized_decomposed`` ops itself before ``torch.export.load``, so
+loading an exported golden never depends on what the caller imported first.
 
 ``intermediates`` is the numeric debugger's hook: an export-based case lists the format and the
 generator stores ``Built.intermediates`` or, when the builder left it None, every debug handle's
@@ -18,6 +18,7 @@ import torch
 
 from harness.cases import Built
 from harness.formats.base import Format, LoadContext, register
+from harness.quant.decomposed import ensure_registered
 
 
 def write_exported(b: Built, path: Path) -> None:
@@ -27,8 +28,7 @@ def write_exported(b: Built, path: Path) -> None:
 
 
 def read_exported(path: Path, ctx: LoadContext | None) -> Any:
-    import harness  # noqa: F401  (quantized_decomposed ops)
-
+    ensure_registered()
     program = torch.export.load(str(path))
     if ctx is None:
         return program

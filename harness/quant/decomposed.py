@@ -8,8 +8,9 @@ computing what torch's kernels compute, op for op: the same dtypes out (``choose
 return a float64 scale and an int64 zero point), the same precision inside (a dequantize
 computes in ``out_dtype``, double scales stay double), the same values (tested against torch's
 registration in ``tests/quant/test_decomposed.py``).
-Importing :mod:`harness` calls :func:`ensure_registered`, so loading a ``.pt2`` never depends on
-the caller having imported the right torch module first.
+Importing :mod:`harness.quant` calls :func:`ensure_registered`, and so does the reader of exported
+goldens (:mod:`harness.formats.exported`), so loading a ``.pt2`` never depends on the caller
+having imported the right torch module first.
 """
 
 from __future__ import annotations

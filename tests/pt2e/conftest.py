@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import harness  # noqa: F401  (registers torch.ops.quantized_decomposed)
+import harness.quant  # noqa: F401  (registers torch.ops.quantized_decomposed)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ either."""
 import pytest
 import torch
 
-import harness
+import harness.quant
 from harness.quant import decomposed
 
 OURS = "qbc_fallback_under_test"
@@ -20,8 +20,8 @@ def ours():
     return getattr(torch.ops, OURS)
 
 
-def test_import_harness_registers_quantized_decomposed():
-    assert harness  # imported for its side effect
+def test_import_harness_quant_registers_quantized_decomposed():
+    assert harness.quant  # imported for its side effect
     assert decomposed.ensure_registered() in ("torch", "qbc")
     assert hasattr(torch.ops.quantized_decomposed, "quantize_per_tensor")
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from quant_support import requires_torch_ao
 
-import harness  # noqa: F401  (registers torch.ops.quantized_decomposed)
+import harness.quant  # noqa: F401  (registers torch.ops.quantized_decomposed)
 from harness.compat import expected_torch_deprecations
 from harness.quant import decomposed
 from harness.quant import primitives as P
