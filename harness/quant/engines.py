@@ -40,6 +40,14 @@ Engines
     probe at first use, the direct GEMM or an exact fallback (weights split into halves that
     cannot saturate); ``qbc engines`` names the choice. Captured graphs (trace, export) lay
     ``K == 1`` out the same way; TorchScript keeps the plain transposed call for now.
+
+    Eager modules do not run the kernels below: they keep the weight-side terms (column sums,
+    zero points, the laid-out GEMM operand) per weight, the bias / multiplier terms per input
+    scale, add the corrections to the int32 product in place, and requantize with the same
+    float64 ops as :func:`requantize` (:mod:`harness.quant.int_mm` says why the numbers are
+    the same; the hypothesis tests in ``tests/quant/test_int_mm.py`` check it). Convolutions
+    build their patches channels-last from the shifted int8 input. The kernels below stay the
+    specification and the graph form.
 ``fbgemm``, ``x86``, ``qnnpack``, ``onednn``
     torch's own quantized CPU kernels (``torch.ops.quantized.*``) with
     ``torch.backends.quantized.engine`` set. Our plain integers become torch quantized tensors

@@ -40,6 +40,7 @@ from torch import nn
 
 from harness import compat
 from harness.quant import engines as E
+from harness.quant import int_mm as IM
 from harness.quant import primitives as P
 
 STATE_VERSION = 2
@@ -201,23 +202,43 @@ class QuantizedModule(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_native_cache", None)  # torch's packed weights: rebuilt on demand
+        # derived from the module's tensors, rebuilt on demand: torch's packed weights, int_mm's
+        # prepared weight-side terms
+        for slot in ("_native_cache", "_int_mm_cache", "_int_mm_terms_cache"):
+            state.pop(slot, None)
         return state
 
-    def _native_cached(self, key: tuple[Any, ...], build: Any) -> Any:
-        """Packed weights for a native engine, rebuilt when the weights change."""
-        cache = self.__dict__.setdefault("_native_cache", {})
+    def _cached(self, slot: str, key: tuple[Any, ...], build: Any) -> Any:
+        """``build()``'s value, kept in ``slot`` until ``key`` (e.g. :meth:`_tensor_key`) changes."""
+        cache = self.__dict__.setdefault(slot, {})
         if key not in cache:
             cache.clear()
             cache[key] = build()
         return cache[key]
 
+    def _native_cached(self, key: tuple[Any, ...], build: Any) -> Any:
+        """Packed weights for a native engine, rebuilt when the weights change."""
+        return self._cached("_native_cache", key, build)
+
+    def _int_mm_prepared(self, names: tuple[str, ...], build: Any) -> Any:
+        """int_mm's weight-side terms (:mod:`harness.quant.int_mm`) of tensors ``names``, built
+        once per weight (and per plan) instead of once per call."""
+        return self._cached("_int_mm_cache", (IM.plan().kind, *self._tensor_key(*names)), build)
+
+    def _int_mm_terms(self, inputs: tuple[Any, ...], names: tuple[str, ...], build: Any) -> Any:
+        """int_mm's per-channel terms for one set of input qparams ``inputs`` (plain numbers)
+        and the module's tensors ``names``: rebuilt only when either changes, so a layer fed at
+        a fixed scale pays for them once."""
+        return self._cached("_int_mm_terms_cache", (*inputs, *self._tensor_key(*names)), build)
+
     def _tensor_key(self, *names: str) -> tuple[Any, ...]:
         key: list[Any] = []
         for n in names:
             t = getattr(self, n)
-            # inference tensors cannot be modified in place, so they carry no version counter
-            key.append(None if t is None else (id(t), 0 if t.is_inference() else t._version))
+            # The tensor itself, not its id: a key holding it keeps it alive, so a new tensor
+            # can never reuse its id and hit a stale entry. Inference tensors cannot be modified
+            # in place, so they carry no version counter.
+            key.append(None if t is None else (_Same(t), 0 if t.is_inference() else t._version))
         return tuple(key)
 
     def _load_from_state_dict(
@@ -262,6 +283,21 @@ class QuantizedModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"engine={self.engine or '<context>'}"
+
+
+class _Same:
+    """A tensor as a cache-key part that compares by identity (tensors' ``==`` is elementwise)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.tensor is self.tensor
+
+    def __hash__(self) -> int:
+        return id(self.tensor)
 
 
 def native_guard() -> Any:

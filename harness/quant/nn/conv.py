@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from harness.quant import engines as E
+from harness.quant import int_mm as IM
 from harness.quant import primitives as P
-from harness.quant.nn._base import native_guard
+from harness.quant.nn._base import in_graph_capture, native_guard
 from harness.quant.nn.linear import (
     StaticWeightModule,
     _output_observer,
@@ -121,6 +122,8 @@ class _ConvNd(StaticWeightModule):
             engine = self._resolved_engine()
             if engine in E.NATIVE_ENGINES:
                 return self._forward_native(engine, x_q, x_scale, x_zero_point)
+            if engine == "int_mm" and not in_graph_capture():
+                return self._forward_int_mm(x_q, x_scale, x_zero_point)
         acc = E.conv_acc(
             engine,
             x_q,
@@ -146,6 +149,61 @@ class _ConvNd(StaticWeightModule):
         )
         if self.relu:
             q = torch.maximum(q, self.zero_point.to(q.dtype))
+        return q, self.scale.clone(), self.zero_point.clone()
+
+    @torch.jit.unused
+    def _forward_int_mm(
+        self, x_q: torch.Tensor, x_scale: torch.Tensor, x_zero_point: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eager int_mm (:mod:`harness.quant.int_mm`): the input is shifted to int8 and padded
+        channels-last once, each group's patches go through its prepared weight, and the codes
+        are requantized in the [B * L, O] layout the GEMM returns; only the uint8 result is
+        permuted to [B, O, *out]. The same numbers as :func:`~harness.quant.engines.conv_acc`
+        plus :func:`~harness.quant.engines.requantize`."""
+        o, groups = self.out_channels, self.groups
+        og, cg = o // groups, self.in_channels // groups
+
+        def prepare() -> list[IM.Weight]:
+            rows = IM.conv_weight_rows(self.weight)
+            zw = self.weight_zero_point.reshape(-1).expand(o)
+            return [
+                IM.prepare(rows[g * og : (g + 1) * og], zw[g * og : (g + 1) * og])
+                for g in range(groups)
+            ]
+
+        names = ("weight", "weight_zero_point")
+        weights = self._int_mm_prepared(names, prepare)
+        zx = int(x_zero_point)
+        a, c, d = IM.shift(x_q, zx)
+
+        def terms() -> tuple[list[IM.Correction], torch.Tensor]:
+            bias = self.bias
+            b_q = None if bias is None else E.integer_bias(bias, x_scale, self.weight_scale)
+            corrs = [
+                IM.correction(w, c, d, None if b_q is None else b_q[g * og : (g + 1) * og])
+                for g, w in enumerate(weights)
+            ]
+            return corrs, IM.multiplier(x_scale, self.weight_scale, self.scale)
+
+        corrs, mult = self._int_mm_terms(
+            (float(x_scale), zx), (*names, "bias", "weight_scale", "scale"), terms
+        )
+        padded = IM.pad_channels_last(a, list(self.padding), -c)  # -c: the code of a real 0
+        kernel = list(self.weight.shape[2:])
+        totals = []
+        out_shape: list[int] = []
+        for g, (weight, corr) in enumerate(zip(weights, corrs, strict=True)):
+            cols, out_shape = IM.patches(
+                padded[..., g * cg : (g + 1) * cg], kernel, list(self.stride), list(self.dilation)
+            )
+            totals.append(IM.accumulate(weight, cols, corr, reuse=groups == 1))
+        total = totals[0] if groups == 1 else torch.cat(totals, dim=1)
+        q = IM.requantize(
+            total, mult, int(self.zero_point), self.quant_min, self.quant_max, self.dtype
+        )
+        if self.relu:
+            q = torch.maximum(q, self.zero_point.to(q.dtype))
+        q = q.reshape([x_q.shape[0], *out_shape, o]).movedim(-1, 1).contiguous()
         return q, self.scale.clone(), self.zero_point.clone()
 
     @torch.jit.unused

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 from harness.quant import engines as E
+from harness.quant import int_mm as IM
 from harness.quant import primitives as P
-from harness.quant.nn._base import QuantizedModule, native_guard, weight_qparams_from_observer
+from harness.quant.nn._base import (
+    QuantizedModule,
+    in_graph_capture,
+    native_guard,
+    weight_qparams_from_observer,
+)
 
 
 def dynamic_qparams(
@@ -158,6 +164,10 @@ class Linear(QuantizedModule):
         """The layer on a 2-D float32 input with an already resolved engine."""
         if not torch.jit.is_scripting() and engine in E.NATIVE_ENGINES:
             return self._forward_native(engine, x2)
+        # A block of its own: TorchScript compiles nothing under `if not is_scripting()`.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if engine == "int_mm" and not self.fp16 and not in_graph_capture():
+                return self._compute_int_mm(x2)
         if self.fp16:
             y = torch.mm(x2, self.weight.to(torch.float32).t())
             bias = self.bias
@@ -168,6 +178,21 @@ class Linear(QuantizedModule):
         w_zp = self.weight_zero_point
         assert w_scale is not None and w_zp is not None
         return dynamic_linear(engine, x2, self.weight, w_scale, w_zp, self.bias, self.reduce_range)
+
+    @torch.jit.unused
+    def _compute_int_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        """Eager int_mm: the activation quantized as :func:`dynamic_linear` does, the weight-side
+        terms prepared once, the accumulator in int32 (:mod:`harness.quant.int_mm`)."""
+        w_scale, w_zp = self.weight_scale, self.weight_zero_point
+        assert w_scale is not None and w_zp is not None
+        names = ("weight", "weight_zero_point")
+        weight = self._int_mm_prepared(names, lambda: IM.prepare(self.weight, w_zp))
+        s_x, z_x, qmin, qmax = dynamic_qparams(x2, self.reduce_range)
+        q_x = P._quantize(x2, s_x, z_x, qmin, qmax, torch.uint8, None)
+        zx = int(z_x)
+        a, c, d = IM.shift(q_x, zx)
+        corr = self._int_mm_terms((zx,), names, lambda: IM.correction(weight, c, d))
+        return IM.dequantize(IM.accumulate(weight, a, corr), s_x, w_scale, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         engine = self.engine if self.engine != "" else "reference"

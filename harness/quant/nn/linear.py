@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from harness.quant import engines as E
+from harness.quant import int_mm as IM
 from harness.quant import primitives as P
 from harness.quant.nn._base import (
     QuantizedModule,
     as_scale,
     as_zero_point,
     check_codes,
+    in_graph_capture,
     native_guard,
     weight_qparams_from_observer,
 )
@@ -212,6 +214,8 @@ class Linear(StaticWeightModule):
             engine = self._resolved_engine()
             if engine in E.NATIVE_ENGINES:
                 return self._forward_native(engine, x_q, x_scale, x_zero_point)
+            if engine == "int_mm" and not in_graph_capture():
+                return self._forward_int_mm(x_q, x_scale, x_zero_point)
         x2 = x_q.reshape(-1, self.in_features)
         acc = E.matmul_acc(engine, x2, x_zero_point, self.weight, self.weight_zero_point)
         q = E.requantize(
@@ -230,6 +234,37 @@ class Linear(StaticWeightModule):
             q = torch.maximum(q, self.zero_point.to(q.dtype))
         shape = list(x_q.shape[:-1])
         shape.append(self.out_features)
+        return q.reshape(shape), self.scale.clone(), self.zero_point.clone()
+
+    @torch.jit.unused
+    def _forward_int_mm(
+        self, x_q: torch.Tensor, x_scale: torch.Tensor, x_zero_point: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eager int_mm: the weight-side terms prepared once, the per-call part in int32
+        (:mod:`harness.quant.int_mm`); the same numbers as the graph path and ``reference``."""
+        names = ("weight", "weight_zero_point")
+        weight = self._int_mm_prepared(
+            names, lambda: IM.prepare(self.weight, self.weight_zero_point)
+        )
+        zx = int(x_zero_point)
+        a, c, d = IM.shift(x_q.reshape(-1, self.in_features), zx)
+
+        def terms() -> tuple[IM.Correction, torch.Tensor]:
+            bias = self.bias
+            b_q = None if bias is None else E.integer_bias(bias, x_scale, self.weight_scale)
+            mult = IM.multiplier(x_scale, self.weight_scale, self.scale)
+            return IM.correction(weight, c, d, b_q), mult
+
+        corr, mult = self._int_mm_terms(
+            (float(x_scale), zx), (*names, "bias", "weight_scale", "scale"), terms
+        )
+        total = IM.accumulate(weight, a, corr)
+        q = IM.requantize(
+            total, mult, int(self.zero_point), self.quant_min, self.quant_max, self.dtype
+        )
+        if self.relu:
+            q = torch.maximum(q, self.zero_point.to(q.dtype))
+        shape = [*x_q.shape[:-1], self.out_features]
         return q.reshape(shape), self.scale.clone(), self.zero_point.clone()
 
     @torch.jit.unused
