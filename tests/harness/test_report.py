@@ -16,17 +16,12 @@ from harness import report
 from harness.cli import _load_rows
 from harness.cli import main as qbc_main
 from harness.manifest import parse_producer, producer_id
+from harness.retention import Retention, expired, first_dates, golden_date, minor
 from harness.store import iter_goldens
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = REPO / "golden"
 COMPAT = REPO / "docs" / "compat"
-RETENTION = REPO / "harness" / "data" / "retention.toml"
 OLD, NEW = "torch-2.6.0_qbc-0.1.0", "torch-2.14.1_qbc-0.1.0"
 
 
@@ -222,34 +217,6 @@ def test_compatibility_md_is_regenerated_byte_for_byte_from_committed_results(tm
 # --- retention policy (harness/data/retention.toml, docs/retention.md) ---------------------
 
 
-def load_retention() -> dict[str, Any]:
-    with open(RETENTION, "rb") as f:
-        return tomllib.load(f)
-
-
-def golden_date(manifest: dict[str, Any]) -> dt.datetime:
-    return dt.datetime.strptime(manifest["date"], "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=dt.timezone.utc
-    )
-
-
-def expired_producers(store: Path, policy: dict[str, Any], now: dt.datetime) -> list[str]:
-    """Producers kept by neither rule: torch minor among the newest ``torch_minors`` minors of
-    the store's producers, or newest golden younger than ``days``."""
-    newest: dict[str, dt.datetime] = {}
-    for g in iter_goldens(store):
-        d = golden_date(g.manifest)
-        newest[g.producer] = max(newest.get(g.producer, d), d)
-    minors = sorted({parse_producer(p)[0][:2] for p in newest}, reverse=True)
-    kept_minors = set(minors[: policy["keep"]["torch_minors"]])
-    max_age = dt.timedelta(days=policy["keep"]["days"])
-    return sorted(
-        p
-        for p, d in newest.items()
-        if parse_producer(p)[0][:2] not in kept_minors and now - d > max_age
-    )
-
-
 def test_every_golden_manifest_carries_a_utc_date_not_in_the_future():
     now = dt.datetime.now(dt.timezone.utc)
     goldens = iter_goldens(STORE)
@@ -259,34 +226,78 @@ def test_every_golden_manifest_carries_a_utc_date_not_in_the_future():
 
 
 def test_committed_store_holds_no_producer_beyond_the_retention_policy():
-    assert expired_producers(STORE, load_retention(), dt.datetime.now(dt.timezone.utc)) == []
+    assert expired(STORE, Retention.load(), dt.datetime.now(dt.timezone.utc)) == []
 
 
-def test_retention_drops_a_producer_outside_the_newest_minors_once_it_is_old(store_copy):
-    # keep 1 minor: only the newest torch minor (2.14) is kept by release; the others survive
-    # only while younger than `days` (1 day): at their date + 2 days they are expired.
-    policy = {"keep": {"torch_minors": 1, "days": 1}}
-    written = max(golden_date(g.manifest) for g in iter_goldens(store_copy))
-    assert expired_producers(store_copy, policy, written) == []
-    expired = expired_producers(store_copy, policy, written + dt.timedelta(days=2))
-    newest_minor = max(parse_producer(g.producer)[0][:2] for g in iter_goldens(store_copy))
-    assert expired and all(parse_producer(p)[0][:2] < newest_minor for p in expired)
+def test_retention_drops_a_producer_outside_the_newest_minors_once_its_grace_is_over(store_copy):
+    # keep 1 minor and 1 day: only the newest torch minor (2.14) is in the window; the others
+    # left it the day 2.14's first golden was written, and are expired 1 day later.
+    policy = Retention(torch_minors=1, days=1, subjects=())
+    newest_minor = max(minor(g.producer) for g in iter_goldens(store_copy))
+    arrived = first_dates(store_copy)[newest_minor]
+    assert expired(store_copy, policy, arrived) == []
+    dropped = expired(store_copy, policy, arrived + dt.timedelta(days=2))
+    assert dropped and all(minor(p) < newest_minor for p in dropped)
+
+
+def backfill(store: Path, release: str, date: str) -> str:
+    """Copy the oldest producer's goldens as producer ``torch-<release>_qbc-0.1.0`` dated
+    ``date`` (a producer written late for an older torch release)."""
+    oldest = min((g.producer for g in iter_goldens(store)), key=lambda p: parse_producer(p)[0])
+    new = f"torch-{release}_qbc-0.1.0"
+    for subject_dir in store.iterdir():
+        if (subject_dir / oldest).is_dir():
+            shutil.copytree(subject_dir / oldest, subject_dir / new)
+            for path in (subject_dir / new).rglob("manifest.json"):
+                data = json.loads(path.read_text())
+                data["date"] = date
+                data["producer"] = {**data["producer"], "id": new, "torch": release}
+                path.write_text(json.dumps(data))
+    return new
+
+
+def test_a_backfilled_producer_takes_its_release_place_and_pushes_no_newer_release_out(
+    store_copy,
+):
+    # A window of 2 minors over 2.6, 2.13, 2.14 keeps 2.13 and 2.14. A 2.8 producer written a
+    # year after all of them is older than the window by release: it expires (its grace started
+    # when 2.14 arrived), and 2.13, which the newest-written-first order would have expired
+    # (2.8 written later), is still kept.
+    policy = Retention(torch_minors=2, days=30, subjects=())
+    newest = max(golden_date(g.manifest) for g in iter_goldens(store_copy))
+    late = newest + dt.timedelta(days=365)
+    backfilled = backfill(store_copy, "2.8.0", late.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    dropped = expired(store_copy, policy, late)
+    assert backfilled in dropped
+    assert all(minor(p) < (2, 13) for p in dropped)
+
+
+def test_a_backfilled_producer_inside_the_window_is_kept_and_expires_nothing(store_copy):
+    # With the default 9 minors, 2.6 .. 2.14 are all in the window: a 2.8 backfill written
+    # today expires nothing, however old the other producers' dates are.
+    backfilled = backfill(store_copy, "2.8.0", "2026-11-28T00:00:00Z")
+    far = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    assert expired(store_copy, Retention(torch_minors=9, days=1, subjects=()), far) == []
+    assert backfilled in {g.producer for g in iter_goldens(store_copy)}
 
 
 def test_this_release_has_written_its_own_producer_for_every_required_subject():
     have = {(g.subject, g.producer) for g in iter_goldens(STORE)}
-    for subject in load_retention()["release"]["subjects"]:
+    for subject in Retention.load().subjects:
         assert (subject, producer_id()) in have, f"no goldens of {subject} by {producer_id()}"
 
 
 def test_coverage_names_the_golden_a_producer_lacks(store_copy):
-    # drop the 2.6.0 producer's torch_ao/fbgemm/linear golden: its row says "no golden" for
-    # that producer and "all" for the two that still have every format
-    shutil.rmtree(store_copy / "torch_ao" / OLD / "fbgemm" / "linear")
+    # drop the oldest producer's torch_ao/fbgemm/linear golden: its row says "no golden" for
+    # that producer and "all" for every other producer in the store, however many there are
+    producers = report.store_coverage(store_copy)["producers"]
+    assert len(producers) >= 2
+    oldest = producers[0]  # ordered by torch release
+    shutil.rmtree(store_copy / "torch_ao" / oldest / "fbgemm" / "linear")
     head, body = report._coverage_table(report.store_coverage(store_copy))
     row = next(r for r in body if r[:3] == ["torch_ao", "fbgemm", "linear"])
     cells = dict(zip(head[4:], row[4:], strict=True))
-    assert cells == {OLD: "no golden", "torch-2.13.0_qbc-0.1.0": "all", NEW: "all"}
+    assert cells == {p: ("no golden" if p == oldest else "all") for p in producers}
 
 
 def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store):
