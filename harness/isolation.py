@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from harness import recorded_warnings
+
 #: seconds one isolated load may take before it is killed (``QBC_LOAD_TIMEOUT``)
 LOAD_TIMEOUT = float(os.environ.get("QBC_LOAD_TIMEOUT", 300))
 
@@ -89,10 +91,13 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int) -> None:
         # The parent's OpenMP pool does not survive fork; one thread keeps the child from
         # waiting on workers that do not exist (what torch's DataLoader workers do too).
         torch.set_num_threads(1)
-        try:
-            payload = _encode(("ok", fn(*args)))
-        except BaseException as exc:  # everything the load raised is reported, not re-raised
-            payload = _encode(("error", type(exc).__name__, str(exc)))
+        # The parent's check records the warnings of this load (harness.recorded_warnings).
+        with recorded_warnings.recording() as caught:
+            try:
+                result: tuple[Any, ...] = ("ok", fn(*args))
+            except BaseException as exc:  # everything the load raised is reported, not re-raised
+                result = ("error", type(exc).__name__, str(exc))
+        payload = _encode((*result, [r.as_dict() for r in caught]))
         view = memoryview(payload)
         while view:
             view = view[os.write(w, view) :]
@@ -155,6 +160,7 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> An
     if code != 0 or not chunks:
         raise NativeCrash(f"the loader process exited with status {code} without a result")
     result = torch.load(io.BytesIO(b"".join(chunks)), weights_only=True)
+    recorded_warnings.replay(recorded_warnings.Recorded.from_dict(d) for d in result[-1])
     if result[0] == "error":
         raise LoadError(result[1], result[2])
     return result[1]

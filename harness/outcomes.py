@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 
 class GoldenFailure(AssertionError):
-    """A golden check failed; the message carries producer, engine, format and statistics."""
+    """A golden check failed; the message carries producer, engine, format and statistics.
+
+    ``check`` names what failed (``load``, ``reproduce``, ``data``, ``graph``, ``integrity``,
+    ``manifest``, ...) and ``error`` the exception type that made it fail (None when a
+    comparison failed): what a known break's expectation is matched against."""
+
+    def __init__(self, message: str, check: str = "", error: str | None = None) -> None:
+        super().__init__(message)
+        self.check, self.error = check, error
 
 
 class GoldenSkip(Exception):
@@ -42,7 +50,14 @@ class UnknownName(KeyError):
 _ID_PARTS = ("subject", "producer", "engine", "case")
 
 
-def golden_failure(golden_id: str, fmt: str, what: str, detail: str) -> GoldenFailure:
+def golden_failure(
+    golden_id: str,
+    fmt: str,
+    what: str,
+    detail: str,
+    check: str = "",
+    error: str | None = None,
+) -> GoldenFailure:
     """The failure of one check of golden ``golden_id`` (``subject/producer/engine/case``).
 
     The first line names what went wrong and where, spelled out so a reader of a CI log needs no
@@ -54,4 +69,4 @@ def golden_failure(golden_id: str, fmt: str, what: str, detail: str) -> GoldenFa
         if len(parts) == len(_ID_PARTS)
         else f"golden {golden_id}"
     )
-    return GoldenFailure(f"{what}: {where}, format {fmt}\n{detail}")
+    return GoldenFailure(f"{what}: {where}, format {fmt}\n{detail}", check=check, error=error)

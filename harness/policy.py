@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,15 +257,69 @@ def in_range(release: tuple[int, ...], spec: str) -> bool:
     return True
 
 
+#: What a known break's ``fails`` may name: the check whose comparison fails (not an exception).
+FAILING_CHECKS = ("load", "reproduce", "data", "graph")
+_KNOWN_BREAK_KEYS = {
+    "name", "reason", "measured", "subject", "case", "engine", "format", "producers",
+    "consumers", "producers_qbc", "consumers_qbc", "raises", "fails", "match",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed check says about itself, as far as a known break can name it: the check
+    (``load``, ``reproduce``, ``data``, ``graph``, ``integrity``, ...), the exception type that
+    made it fail (None for a comparison beyond policy or a changed graph), and the message."""
+
+    check: str
+    error: str | None
+    message: str
+
+
 @dataclass(frozen=True)
 class KnownBreak:
+    """One measured break: which checks (globs and release ranges), and what must happen there.
+
+    Exactly one expectation: ``raises`` (the exception type name the check fails with, e.g.
+    ``KeyError``) or ``fails`` (a check whose comparison fails: one of :data:`FAILING_CHECKS`);
+    ``match`` (a regex searched in the failure message) narrows either. A matching check that
+    fails as expected is a known break; one that fails otherwise is a failure; one that passes
+    is news (XPASS naming ``name``).
+
+    Ranges: ``producers`` / ``consumers`` over the torch release of the golden's producer / of
+    the process running the check; ``producers_qbc`` / ``consumers_qbc`` the same over qbc
+    versions (a break of qbc itself between two of its releases).
+    """
+
+    name: str
     reason: str
+    measured: str = ""  # when, where and with which command the expectation was measured
     subject: str = "*"
     case: str = "*"
     engine: str = "*"
     format: str = "*"
     producers: str = "*"
     consumers: str = "*"
+    producers_qbc: str = "*"
+    consumers_qbc: str = "*"
+    raises: str = ""
+    fails: str = ""
+    match: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.raises) == bool(self.fails):
+            raise ValueError(
+                f"known break {self.name!r}: give exactly one of raises (an exception type) "
+                f"or fails (one of {', '.join(FAILING_CHECKS)}): what must happen"
+            )
+        if self.fails and self.fails not in FAILING_CHECKS:
+            raise ValueError(
+                f"known break {self.name!r}: fails = {self.fails!r}; one of "
+                f"{', '.join(FAILING_CHECKS)}"
+            )
+        re.compile(self.match)  # a bad pattern is refused when the file is read
+        for spec in (self.producers, self.consumers, self.producers_qbc, self.consumers_qbc):
+            in_range((0,), spec)  # raises on a malformed range
 
     def matches(
         self,
@@ -274,7 +329,11 @@ class KnownBreak:
         fmt: str,
         producer_torch: tuple[int, ...],
         consumer_torch: tuple[int, ...],
+        producer_qbc: tuple[int, ...] = (),
+        consumer_qbc: tuple[int, ...] = (),
     ) -> bool:
+        """Whether the check (subject, case, engine, format) of that producer, run by that
+        consumer, is covered by this entry."""
         return (
             all(
                 fnmatch.fnmatchcase(v, p)
@@ -287,10 +346,43 @@ class KnownBreak:
             )
             and in_range(producer_torch, self.producers)
             and in_range(consumer_torch, self.consumers)
+            and in_range(producer_qbc, self.producers_qbc)
+            and in_range(consumer_qbc, self.consumers_qbc)
         )
+
+    def expectation(self) -> str:
+        what = f"raises {self.raises}" if self.raises else f"the {self.fails} check fails"
+        return what + (f" matching /{self.match}/" if self.match else "")
+
+    def mismatch(self, failure: Failure) -> str | None:
+        """None when ``failure`` is what this entry says must happen; otherwise how it differs."""
+        if self.raises and failure.error != self.raises:
+            got = f"raised {failure.error}" if failure.error else f"{failure.check} check failed"
+            return f"expected it to raise {self.raises}, it {got}"
+        if self.fails and (failure.error is not None or failure.check != self.fails):
+            got = f"raised {failure.error}" if failure.error else f"{failure.check} check failed"
+            return f"expected the {self.fails} check to fail, it {got}"
+        if self.match and not re.search(self.match, failure.message):
+            return f"the failure message does not match /{self.match}/"
+        return None
 
 
 def load_known_breaks(path: Path | None = None) -> list[KnownBreak]:
+    """The entries of a known-breaks TOML (``[[break]]`` tables); unknown keys, duplicate names,
+    a missing expectation or a bad pattern are refused with the entry named."""
     with open(path or DEFAULT_KNOWN_BREAKS, "rb") as f:
         data = tomllib.load(f)
-    return [KnownBreak(**entry) for entry in data.get("break", [])]
+    entries = []
+    for i, raw in enumerate(data.get("break", [])):
+        label = raw.get("name", f"#{i + 1}")
+        unknown = set(raw) - _KNOWN_BREAK_KEYS
+        if unknown:
+            raise ValueError(f"known break {label!r}: unknown keys {sorted(unknown)}")
+        if "name" not in raw or "reason" not in raw:
+            raise ValueError(f"known break {label!r}: every entry needs a name and a reason")
+        entries.append(KnownBreak(**raw))
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"known breaks: duplicate names {dupes}")
+    return entries

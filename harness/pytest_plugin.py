@@ -2,9 +2,11 @@
 
 Any test requesting the ``qbc_check`` fixture (``harness.verify.test_golden``, re-exported by
 ``tests/bc/test_goldens.py``) runs once per (golden, format) of the store, with ids like
-``torch_ao/torch-2.13.0_qbc-0.1.0/fbgemm/linear/scripted``. Entries of the known-breaks file
-become strict xfails carrying their reason. Collection is deterministic, so pytest-xdist
-workers agree on the item list.
+``torch_ao/torch-2.13.0_qbc-0.1.0/fbgemm/linear/scripted``. A check covered by an entry of the
+known-breaks file must fail the way the entry says (an xfail carrying its name and reason);
+failing otherwise is a failure, passing is an XPASS that fails the run. Warnings raised during
+a check are recorded in its results row, never raised. Collection is deterministic, so
+pytest-xdist workers agree on the item list.
 
 Options:
   --qbc-store PATH          golden store to verify (default: <rootdir>/golden)
@@ -52,8 +54,7 @@ def store_path(config: pytest.Config) -> Path:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qbc_check" not in metafunc.fixturenames:
         return
-    from harness.policy import load_known_breaks
-    from harness.verify import collect, known_break
+    from harness.verify import collect
 
     config = metafunc.config
     threads = config.getoption("--qbc-torch-threads")
@@ -61,14 +62,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    kb = config.getoption("--qbc-known-breaks")
-    breaks = load_known_breaks(Path(kb) if kb else None)
     params = []
     for item in collect(store_path(config)):
         marks = []
-        entry = known_break(item, breaks)
-        if entry is not None:
-            marks.append(pytest.mark.xfail(strict=True, reason=f"known break: {entry.reason}"))
         # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
         # one worker, which then builds today's version of that case once for all of them.
         g = item.golden
@@ -83,6 +79,14 @@ def qbc_policy(pytestconfig: pytest.Config) -> Any:
 
     path = pytestconfig.getoption("--qbc-policy")
     return Policy.load(Path(path) if path else None)
+
+
+@pytest.fixture(scope="session")
+def qbc_known_breaks(pytestconfig: pytest.Config) -> Any:
+    from harness.policy import load_known_breaks
+
+    path = pytestconfig.getoption("--qbc-known-breaks")
+    return load_known_breaks(Path(path) if path else None)
 
 
 class _Results:
@@ -101,8 +105,11 @@ class _Results:
         if param.count("/") != 4:
             return
         outcome = report.outcome
+        props = dict(report.user_properties)
         if hasattr(report, "wasxfail"):
             outcome = "xfail" if report.skipped else "xpass"
+        elif report.failed and props.get("qbc_known_break_fixed"):
+            outcome = "xpass"  # the check passed; its known break no longer happens
         if report.when == "call" or outcome in ("failed", "skipped", "xfail"):
             if (
                 report.when != "call"
@@ -118,7 +125,8 @@ class _Results:
                     else str(report.longrepr)
                 )
             elif hasattr(report, "wasxfail"):
-                message = report.wasxfail  # the known break's reason: why it breaks
+                # "known break <name>: <reason>": the break matched what its entry says
+                message = report.wasxfail.removeprefix("reason: ")
             elif report.skipped and isinstance(report.longrepr, tuple):
                 message = report.longrepr[2]
             self.rows[param] = {
@@ -129,8 +137,12 @@ class _Results:
                 # which consumer ran the check, and the drift numbers (max error in steps,
                 # mismatched elements, SQNR) the test recorded: the report's inputs
                 "consumer": self.consumer,
-                "drift": dict(report.user_properties).get("qbc_drift", {}),
+                "drift": props.get("qbc_drift", {}),
+                # warnings raised while the check ran: recorded, never judged
+                "warnings": props.get("qbc_warnings", []),
             }
+            if props.get("qbc_known_break"):
+                self.rows[param]["known_break"] = props["qbc_known_break"]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.path.write_text(

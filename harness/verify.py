@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import compat, isolation
+from harness import compat, isolation, recorded_warnings
 from harness import manifest as mf
 from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
 from harness.graphsig import section
 from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_failure
-from harness.policy import KnownBreak, Policy, Verdict, Where, judge
+from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
 from harness.store import Golden, iter_goldens
 from harness.subjects import check_engine, get_case, get_subject
 
@@ -67,25 +67,52 @@ def collect(store: Path) -> list[CheckItem]:
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
+    """The first entry covering this check run by this consumer (torch release, qbc version)."""
+    import harness
+
     g = item.golden
-    producer_torch = mf.parse_producer(g.producer)[0]
+    producer_torch, producer_qbc = mf.parse_producer(g.producer)
     for entry in breaks:
         if entry.matches(
-            g.subject, g.case, g.engine, item.fmt, producer_torch, compat.torch_version()
+            g.subject,
+            g.case,
+            g.engine,
+            item.fmt,
+            producer_torch,
+            compat.torch_version(),
+            _release(producer_qbc),
+            _release(harness.__version__),
         ):
             return entry
     return None
 
 
-@functools.lru_cache(maxsize=1024)  # a few hundred tiny models at most
+def _release(version: str) -> tuple[int, ...]:
+    """``0.1.0`` -> (0, 1, 0); a plug-in subject's suffix (``0.1.0_mysubject-2``) is dropped."""
+    head = version.split("_", 1)[0]
+    return tuple(int(p) for p in head.split(".") if p.isdigit())
+
+
 def _today(subject: str, case: str, engine: str, input_key: str, input_path: str) -> Built:
-    """Today's build of (case, engine) on the stored inputs, cached per process."""
+    """Today's build of (case, engine) on the stored inputs, cached per process; the warnings
+    the build raised are replayed into every check that uses it, cached or not."""
+    built, caught = _cached_build(subject, case, engine, input_key, input_path)
+    recorded_warnings.replay(caught)
+    return built
+
+
+@functools.lru_cache(maxsize=1024)  # a few hundred tiny models at most
+def _cached_build(
+    subject: str, case: str, engine: str, input_key: str, input_path: str
+) -> tuple[Built, tuple[recorded_warnings.Recorded, ...]]:
     import torch
 
-    inputs = torch.load(input_path, weights_only=True)
-    return get_case(subject, case).builder(
-        BuildContext(get_case(subject, case), engine, inputs=tuple(inputs))
-    )
+    with recorded_warnings.recording() as caught:
+        inputs = torch.load(input_path, weights_only=True)
+        built = get_case(subject, case).builder(
+            BuildContext(get_case(subject, case), engine, inputs=tuple(inputs))
+        )
+    return built, tuple(caught)
 
 
 def _where(golden: Golden, check: str) -> Where:
@@ -100,8 +127,24 @@ def _where(golden: Golden, check: str) -> Where:
     )
 
 
-def _fail(item: CheckItem, what: str, detail: str) -> GoldenFailure:
-    return golden_failure(item.golden.id, item.fmt, what, detail)
+def _fail(
+    item: CheckItem, what: str, detail: str, check: str = "", error: str | None = None
+) -> GoldenFailure:
+    return golden_failure(
+        item.golden.id, item.fmt, what, detail, check=check or item.fmt, error=error
+    )
+
+
+def _load_failure(
+    item: CheckItem, problem: isolation.IsolatedLoadProblem, where: str = ""
+) -> GoldenFailure:
+    """A failed load as that golden's failure; ``error`` is what the loader raised
+    (``KeyError``), or ``NativeCrash`` / ``LoadTimeout``."""
+    kind, detail = isolation.describe(problem)
+    error = problem.type_name if isinstance(problem, isolation.LoadError) else None
+    return _fail(
+        item, kind.value, detail + where, check="load", error=error or type(problem).__name__
+    )
 
 
 def precheck(item: CheckItem) -> None:
@@ -109,7 +152,7 @@ def precheck(item: CheckItem) -> None:
     unusable manifest, or a subject, engine, case or format this qbc does not know."""
     g = item.golden
     if g.problem is not None:
-        raise _fail(item, "unusable golden manifest", g.problem)
+        raise _fail(item, "unusable golden manifest", g.problem, check=MANIFEST_CHECK)
     try:
         subject = get_subject(g.subject)
         check_engine(subject, g.engine)
@@ -142,10 +185,15 @@ def guarded(check: F) -> F:
         except (GoldenFailure, GoldenSkip):
             raise
         except IntegrityError as exc:
-            raise _fail(item, "golden file failed its integrity check", str(exc)) from None
+            raise _fail(
+                item,
+                "golden file failed its integrity check",
+                str(exc),
+                check="integrity",
+                error="IntegrityError",
+            ) from None
         except isolation.IsolatedLoadProblem as problem:
-            kind, detail = isolation.describe(problem)
-            raise _fail(item, kind.value, detail) from None
+            raise _load_failure(item, problem) from None
         except Exception as exc:
             kind, detail = isolation.describe(isolation.LoadError(type(exc).__name__, str(exc)))
             what = (
@@ -153,7 +201,7 @@ def guarded(check: F) -> F:
                 if kind is isolation.ProblemKind.LOAD_ERROR
                 else kind.value
             )
-            raise _fail(item, what, detail) from exc
+            raise _fail(item, what, detail, error=type(exc).__name__) from exc
 
     return run  # type: ignore[return-value]
 
@@ -230,7 +278,7 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                         "today",
                     )
                 )
-                raise _fail(item, "graph signature changed", diff)
+                raise _fail(item, "graph signature changed", diff, check="graph")
             return None
         if fmt.role == "aux":
             fmt.read(path, None)
@@ -255,8 +303,7 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                 try:
                     actual = isolation.load(fmt, path, ctx)
                 except isolation.IsolatedLoadProblem as problem:
-                    kind, detail = isolation.describe(problem)
-                    raise _fail(item, kind.value, f"{detail}\nfile: {path}") from None
+                    raise _load_failure(item, problem, f"\nfile: {path}") from None
                 if item.fmt == "package":
                     stored_attrs = (
                         section(g.path("graph").read_text(), "get_attr")
@@ -268,6 +315,7 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                             item,
                             "get_attr targets changed",
                             f"today {actual['get_attr']} != golden {stored_attrs}",
+                            check="graph",
                         )
                     actual = actual["output"]
         verdict = judge(actual, expected, policy, _where(g, check))
@@ -275,7 +323,10 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
             where = first_divergence(item, today)
             detail = verdict.message() + (f"\n{where}" if where else "")
             raise _fail(
-                item, f"{check} check: output differs from the golden beyond policy", detail
+                item,
+                f"{check} check: output differs from the golden beyond policy",
+                detail,
+                check=check,
             )
         return verdict
 
@@ -293,13 +344,48 @@ def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
 
 
 def test_golden(
-    qbc_check: CheckItem, qbc_policy: Policy, record_property: Callable[[str, Any], None]
+    qbc_check: CheckItem,
+    qbc_policy: Policy,
+    qbc_known_breaks: list[KnownBreak],
+    record_property: Callable[[str, Any], None],
 ) -> None:
-    """One golden format: it loads today and reproduces the stored outputs (see module doc)."""
+    """One golden format: it loads today and reproduces the stored outputs (see module doc).
+
+    A check covered by a known break must fail the way the entry says (then it is an xfail);
+    failing another way is a failure that names the entry, and passing is news (XPASS, a
+    failure too, recorded as ``qbc_known_break_fixed``) until the entry is removed or narrowed.
+    """
     import pytest
 
-    try:
-        verdict = run_check(qbc_check, qbc_policy)
-    except GoldenSkip as exc:
-        pytest.skip(str(exc))
+    entry = known_break(qbc_check, qbc_known_breaks)
+    if entry is not None:
+        record_property("qbc_known_break", entry.name)
+    # Warnings are recorded with the check, never raised: the verdict is the numbers' and the
+    # graph's, whatever warning filters the process runs under (see harness.recorded_warnings).
+    with recorded_warnings.recording() as caught:
+        try:
+            verdict = run_check(qbc_check, qbc_policy)
+        except GoldenSkip as exc:
+            pytest.skip(str(exc))
+        except GoldenFailure as exc:
+            if entry is None:
+                raise
+            mismatch = entry.mismatch(Failure(check=exc.check, error=exc.error, message=str(exc)))
+            if mismatch is None:
+                pytest.xfail(f"known break {entry.name}: {entry.reason}")
+            raise GoldenFailure(
+                f"known break {entry.name} expects: {entry.expectation()}; {mismatch}:\n{exc}",
+                check=exc.check,
+                error=exc.error,
+            ) from None
+        finally:
+            record_property("qbc_warnings", recorded_warnings.summarize(caught))
     record_property("qbc_drift", verdict_record(verdict))
+    if entry is not None:
+        record_property("qbc_known_break_fixed", True)
+        pytest.fail(
+            f"XPASS known break {entry.name}: this check passed, but the entry expects: "
+            f"{entry.expectation()} ({entry.reason}). Remove or narrow the entry in the "
+            "known-breaks file.",
+            pytrace=False,
+        )

@@ -454,9 +454,9 @@ def _fake_quantize(
     if zero_point.is_floating_point():
         # (q - z) is not an integer here: torch's kernel forms (q - z) * s in double and rounds
         # once to the output dtype; two roundings would differ in the last bit
-        y = (
-            (torch.clamp(unclamped, quant_min, quant_max).double() - z.double()) * s.double()
-        ).to(out_dtype)
+        y = ((torch.clamp(unclamped, quant_min, quant_max).double() - z.double()) * s.double()).to(
+            out_dtype
+        )
     else:
         y = ((torch.clamp(unclamped, quant_min, quant_max) - z) * s).to(out_dtype)
     inside = (unclamped >= quant_min) & (unclamped <= quant_max)

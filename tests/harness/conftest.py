@@ -46,3 +46,17 @@ def add_to_byte(path: Path, offset: int, delta: int) -> None:
     raw = bytearray(path.read_bytes())
     raw[offset] = (raw[offset] + delta) % 256
     path.write_bytes(bytes(raw))
+
+
+KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Path:
+    """The committed producer folder with only the goldens in KEEP (blobs kept as they are)."""
+    dest = tmp_path / "golden" / "torch_ao" / PRODUCER_ID
+    shutil.copytree(STORE / "torch_ao" / PRODUCER_ID, dest)
+    for case_dir in dest.glob("*/*"):
+        if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
+            shutil.rmtree(case_dir)
+    return tmp_path / "golden"

@@ -1,11 +1,10 @@
-"""The pytest runner (ids, known breaks as strict xfail) and the `qbc` command line.
+"""The pytest runner (ids, a known break that no longer happens) and the `qbc` command line.
 
 Runner and `qbc verify` are exercised in a subprocess on a small copy of the store (two
 goldens), which is what a user's CI does."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,6 @@ from conftest import PRODUCER_ID, REPO, STORE
 
 from harness.cli import main
 
-KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
-
-
-@pytest.fixture
-def small_store(tmp_path: Path) -> Path:
-    """The committed producer folder with only the goldens in KEEP (blobs kept as they are)."""
-    dest = tmp_path / "golden" / "torch_ao" / PRODUCER_ID
-    shutil.copytree(STORE / "torch_ao" / PRODUCER_ID, dest)
-    for case_dir in dest.glob("*/*"):
-        if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
-            shutil.rmtree(case_dir)
-    return tmp_path / "golden"
-
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -35,10 +21,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_runner_ids_and_known_break_as_strict_xfail(small_store: Path, tmp_path: Path) -> None:
+def test_runner_ids_and_a_passing_known_break_fails_naming_its_entry(
+    small_store: Path, tmp_path: Path
+) -> None:
     breaks = tmp_path / "breaks.toml"
     breaks.write_text(
-        '[[break]]\ncase = "linear"\nformat = "traced"\nproducers = ">=2.13"\nreason = "demo break"\n'
+        '[[break]]\nname = "demo"\ncase = "linear"\nformat = "traced"\nproducers = ">=2.13"\n'
+        'raises = "KeyError"\nreason = "demo break"\n'
     )
     proc = run(
         "-m", "pytest", "tests/bc/test_goldens.py", "-p", "no:cacheprovider", "-rxX", "-v",
@@ -48,9 +37,9 @@ def test_runner_ids_and_known_break_as_strict_xfail(small_store: Path, tmp_path:
     assert (
         f"test_golden[torch_ao/{PRODUCER_ID}/fbgemm/per_tensor_observer/safetensors] PASSED" in out
     )
-    # The matching check really fails... no: it passes, so a strict xfail turns it into a failure.
+    # The entry says the traced load raises KeyError; it loads fine: news, so the check fails.
     assert f"test_golden[torch_ao/{PRODUCER_ID}/qnnpack/linear/traced] FAILED" in out
-    assert "[XPASS(strict)] known break: demo break" in out
+    assert "XPASS known break demo: this check passed" in out
     assert proc.returncode == 1
 
 
