@@ -3,14 +3,15 @@
 Layers, top to bottom (a module may import from its own layer or any layer below, never above):
 
     cli, report, diff, pytest_plugin            what users run
-    verify, generate                            the runner and the generator
+    verify, generate, retention                 the runner, the generator, the store's retention
     store, integrity, isolation, manifest,      the golden store and the guards around loads
       atomic, lock, policy
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
     quant                                       the quantization implementation
-    outcomes, compat, harness (the package)     leaves anyone may import
+    outcomes, compat, recorded_warnings,        leaves anyone may import
+      harness (the package)
 
 Every import counts, at module level or inside a function, ``TYPE_CHECKING`` ones included: a
 function-level import that climbs a layer is the same dependency, only hidden.
@@ -28,7 +29,7 @@ HARNESS = Path(__file__).resolve().parents[2] / "harness"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.cli", "harness.report", "harness.diff", "harness.pytest_plugin"),
-    ("harness.verify", "harness.generate"),
+    ("harness.verify", "harness.generate", "harness.retention"),
     (
         "harness.store",
         "harness.integrity",
@@ -42,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.subjects",),
     ("harness.cases", "harness.graphsig"),
     ("harness.quant",),
-    ("harness.outcomes", "harness.compat", "harness"),
+    ("harness.outcomes", "harness.compat", "harness.recorded_warnings", "harness"),
 )
 
 # Sanctioned climbs out of a layer (none: harness/__init__.py no longer registers the

@@ -85,7 +85,7 @@ def test_version_ranges() -> None:
 
 
 def test_known_break_matches_case_glob_and_producer_range() -> None:
-    entry = KnownBreak(reason="r", case="conv2d_graph*", producers="<2.10")
+    entry = KnownBreak(name="n", reason="r", case="conv2d_graph*", producers="<2.10", fails="graph")
     assert entry.matches("torch_ao", "conv2d_graph_v2", "fbgemm", "scripted", (2, 6, 0), (2, 13, 0))
     assert not entry.matches(
         "torch_ao", "conv2d_graph_v2", "fbgemm", "scripted", (2, 13, 0), (2, 13, 0)
