@@ -122,8 +122,15 @@ def run_verify(
         str(results),
         "-p",
         "no:cacheprovider",
-        "-o",
-        "addopts=",
+        # The same run wherever qbc is installed (editable, wheel) and whichever directory it
+        # is started from: no project's pytest configuration (its addopts, its
+        # filterwarnings = error) or conftest.py applies to the verification of a store.
+        "-c",
+        os.devnull,
+        "--rootdir",
+        os.getcwd(),
+        "--confcutdir",
+        str(Path(harness.verify.__file__).parent),
         "-qq",
         "--tb=no",
         "--no-header",
@@ -154,7 +161,9 @@ def _load_rows(path: Path) -> list[dict[str, Any]]:
         return []
     data = json.loads(path.read_text())
     if isinstance(data, dict):
-        return [{"consumer": data["consumer"], **r} for r in data["rows"]]
+        from harness.report import expand_compact
+
+        return expand_compact(data)
     return data
 
 
@@ -190,6 +199,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    from harness.report import warning_summary
+
+    said = warning_summary(rows)
+    if said:
+        # recorded, never judged: what torch (or other code) said while goldens loaded and ran
+        print(f"\nwarnings raised during checks (recorded, not judged): {len(said)} distinct")
+        for w in said:
+            print(f"  {len(w['checks'])} checks: {w['origin']} {w['category']}: {w['message']}")
     print("\n" + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no checks"))
     if code == 5 and not rows:  # nothing collected
         return 0 if args.k else 1

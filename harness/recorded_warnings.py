@@ -27,13 +27,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 #: longest message kept (first line only): enough to tell two warnings apart in a report
-MESSAGE_CHARS = 240
+MESSAGE_CHARS = 160
 _HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass(frozen=True, order=True)
 class Recorded:
-    origin: str  # the package whose code issued it: "torch", "qbc", "python", ...
+    # the package of the line the warning points at ("torch", "qbc", "python", ...): the code
+    # that warned, or its caller when it warns with a stacklevel (torch's deprecations do)
+    origin: str
     category: str  # "UserWarning", "FutureWarning", ...
     message: str  # first line, at most MESSAGE_CHARS characters
     location: str  # "torch/export/pt2_archive/_package.py:123"

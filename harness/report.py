@@ -299,26 +299,75 @@ def drift_svg(points: dict[tuple[str, str], float]) -> str:
 
 def compact_results(rows: list[dict[str, Any]]) -> str:
     """One consumer's rows in the compact form committed under docs/compat/: the consumer once,
-    then per row only what the report reads (id, outcome, reason, drift; a bit-exact check
-    keeps only ``max_steps`` 0), one row per line, sorted by id."""
+    the distinct warnings once (``warnings``: origin, category, message), then per row only what
+    the report reads (id, outcome, reason, known break, drift; a bit-exact check keeps only
+    ``max_steps`` 0; ``w``: indexes of its warnings), one row per line, sorted by id."""
     consumers = {json.dumps(consumer_of(r), sort_keys=True) for r in rows}
     if len(consumers) != 1:
         raise ValueError(f"compact results hold one consumer; these rows have {len(consumers)}")
+    table = sorted({_warning_key(w) for r in rows for w in r.get("warnings") or []})
+    index = {w: i for i, w in enumerate(table)}
 
     def slim(r: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"id": r["id"], "outcome": r["outcome"]}
         if r.get("message"):
             out["message"] = r["message"]
+        if r.get("known_break"):
+            out["known_break"] = r["known_break"]
         d = r.get("drift") or {}
         if d:
             exact = not d.get("max_steps") and not d.get("mismatched")
             out["drift"] = {"max_steps": d.get("max_steps", 0)} if exact else d
+        if r.get("warnings"):
+            out["w"] = sorted({index[_warning_key(w)] for w in r["warnings"]})
         return out
 
     body = ",\n".join(
         json.dumps(slim(r), separators=(",", ":")) for r in sorted(rows, key=lambda r: r["id"])
     )
-    return f'{{"consumer":{consumers.pop()},\n"rows":[\n{body}\n]}}\n'
+    warnings = ",\n".join(
+        json.dumps(dict(zip(_WARNING_FIELDS, w, strict=True)), separators=(",", ":")) for w in table
+    )
+    head = f'{{"consumer":{consumers.pop()},\n'
+    if table:  # a run without warnings keeps the form it had before warnings were recorded
+        head += f'"warnings":[\n{warnings}\n],\n'
+    return f'{head}"rows":[\n{body}\n]}}\n'
+
+
+#: what identifies a recorded warning in reports (its line number is left out: it moves
+#: between torch patch releases while the warning stays the same)
+_WARNING_FIELDS = ("origin", "category", "message")
+
+
+def _warning_key(w: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(w[k]) for k in _WARNING_FIELDS)
+
+
+def expand_compact(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a compact results file, each with its consumer and its warnings spelled out."""
+    table = data.get("warnings", [])
+    rows = []
+    for r in data["rows"]:
+        row = {"consumer": data["consumer"], **{k: v for k, v in r.items() if k != "w"}}
+        if "w" in r:
+            row["warnings"] = [table[i] for i in r["w"]]
+        rows.append(row)
+    return rows
+
+
+def warning_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Warnings raised while goldens loaded and ran, per consumer: who said what, in how many
+    checks (recorded, never judged), most frequent first."""
+    checks: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for r in rows:
+        for w in {_warning_key(w) for w in r.get("warnings") or []}:
+            checks[(consumer_of(r)["id"], w)].append(r["id"])
+    return [
+        {"consumer": c, **dict(zip(_WARNING_FIELDS, w, strict=True)), "checks": sorted(ids)}
+        for (c, w), ids in sorted(
+            checks.items(), key=lambda kv: (_version_key(kv[0][0]), -len(kv[1]), kv[0][1])
+        )
+    ]
 
 
 def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
@@ -343,6 +392,7 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
                 "coverage": coverage(store),
                 "store_coverage": store_coverage(store),
                 "breaks": br,
+                "warnings": warning_summary(rows),
                 "failures": [r for r in rows if r["outcome"] in ("failed", "xpass")],
                 "runs_code_on_load": code_formats,
                 "runs_code_on_load_checks": code_checks,
@@ -372,6 +422,17 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
         ]
         for x in d
     ]
+    warning_rows = [
+        [
+            w["consumer"],
+            w["origin"],
+            w["category"],
+            w["message"],
+            str(len(w["checks"])),
+            _short(w["checks"], 3),
+        ]
+        for w in warning_summary(rows)
+    ]
     cov_head, cov_body = _coverage_table(sc)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in rows:
@@ -388,6 +449,11 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             "What broke and why",
             ["consumer", "outcome", "checks", "reason", "check ids"],
             break_rows,
+        ),
+        (
+            "Warnings raised while goldens loaded and ran (recorded, not judged)",
+            ["consumer", "raised at", "category", "message", "checks", "e.g."],
+            warning_rows,
         ),
         (
             "Numeric drift within policy",

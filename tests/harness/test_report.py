@@ -314,3 +314,41 @@ def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store)
 def test_committed_results_are_already_compact():
     for path in committed_results():
         assert report.compact_results(_load_rows(path)) == path.read_text(), path.name
+
+
+def warned(row_: dict[str, Any], *messages: str) -> dict[str, Any]:
+    return dict(
+        row_,
+        warnings=[
+            {"origin": "torch", "category": "UserWarning", "message": m, "location": "x.py:1"}
+            for m in messages
+        ],
+    )
+
+
+def test_the_report_says_which_consumer_warned_what_in_how_many_checks(rows, empty_store):
+    # consumer 2.14.1 warned "buffer not writable" in two checks; 2.6.0 "old format" in one
+    rows = [
+        warned(rows[0], "buffer not writable"),
+        warned(rows[1], "buffer not writable"),
+        warned(rows[5], "old format"),
+        *rows[2:5],
+        rows[6],
+    ]
+    summary = report.warning_summary(rows)
+    assert [(w["consumer"], w["message"], len(w["checks"])) for w in summary] == [
+        ("torch-2.6.0_qbc-0.1.0", "old format", 1),
+        ("torch-2.14.1_qbc-0.1.0", "buffer not writable", 2),
+    ]
+    md = report.render("md", rows, empty_store)
+    assert "| torch-2.14.1_qbc-0.1.0 | torch | UserWarning | buffer not writable | 2 |" in md
+
+
+def test_compact_results_store_each_distinct_warning_once(rows, tmp_path):
+    mine = [warned(r, "a", "b") for r in rows if r["consumer"]["torch"] == "2.14.1+cpu"]
+    text = report.compact_results(mine)
+    assert text.count('"message":"a"') == 1
+    path = tmp_path / "compact.json"
+    path.write_text(text)
+    back = _load_rows(path)
+    assert [sorted(w["message"] for w in r["warnings"]) for r in back] == [["a", "b"]] * 3
