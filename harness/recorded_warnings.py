@@ -102,13 +102,11 @@ def recording() -> Iterator[list[Recorded]]:
 
 def replay(records: Iterable[Recorded]) -> None:
     """Hand warnings recorded elsewhere (another process, a cached build) to the innermost
-    :func:`recording`; outside any, warn them again (as UserWarning, naming the original)."""
-    records = list(records)
+    :func:`recording`. Outside any recording they are dropped: they belong to a check's record,
+    and raising them again where they were already caught would let a process's warning filters
+    (``error``) decide what a check does, which is what recording prevents."""
     if _active:
         _active[-1].extend(records)
-        return
-    for r in records:
-        warnings.warn(f"{r.category} from {r.location}: {r.message}", UserWarning, stacklevel=2)
 
 
 def summarize(records: Iterable[Recorded]) -> list[dict[str, Any]]:
