@@ -130,7 +130,7 @@ def run_verify(
         "--rootdir",
         os.getcwd(),
         "--confcutdir",
-        str(Path(harness.verify.__file__).parent),
+        str(Path(verify_py).parent),
         "-qq",
         "--tb=no",
         "--no-header",
