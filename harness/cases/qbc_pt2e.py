@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from harness.cases import BuildContext, Built, Case
+from harness.cases import architectures as arch
 from harness.graphsig import signature
 
 ENGINE = "reference"
@@ -104,6 +105,25 @@ class ConvBnReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
+
+
+def _with_batch_norm_statistics(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``factory`` with every BatchNorm given random affine parameters and running statistics
+    (from the caller's seeded RNG): a freshly built BatchNorm is the identity in eval, and
+    folding an identity would not exercise conv-bn folding."""
+
+    def make() -> nn.Module:
+        model = factory()
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            n = bn.num_features
+            with torch.no_grad():
+                bn.weight.copy_(0.5 + torch.rand(n))
+                bn.bias.copy_(0.2 * torch.randn(n))
+                bn.running_mean.copy_(0.2 * torch.randn(n))
+                bn.running_var.copy_(0.5 + torch.rand(n))
+        return model
+
+    return make
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,5 +329,30 @@ CASES: list[Case] = [
         "Conv2d -> BatchNorm2d -> ReLU, QAT (per-channel fake-quant), batch norm folded at convert",
         calibration=f"export (train), debug handles, prepare_qat_pt2e, {QAT_STEPS} SGD steps "
         f"(lr {QAT_LR}) on the stored inputs, eval, convert",
+    ),
+    # Real architectures (harness/cases/architectures.py): per-channel PTQ of the whole model.
+    _case(
+        "pt2e_resnet18",
+        Recipe(_with_batch_norm_statistics(arch.resnet18), _symmetric(is_per_channel=True)),
+        (1, 3, 64, 64),
+        "ResNet-18 (torchvision's structure, widths 4-32, 10 classes, seeded weights and "
+        "batch-norm statistics), int8 per-channel weights, static",
+    ),
+    _case(
+        "pt2e_mobilenet_v3_small",
+        Recipe(
+            _with_batch_norm_statistics(arch.mobilenet_v3_small), _symmetric(is_per_channel=True)
+        ),
+        (1, 3, 64, 64),
+        "MobileNetV3-Small (torchvision's block table at width 0.25: depthwise convs, "
+        "hardswish, squeeze-excite; seeded weights and batch-norm statistics), int8 "
+        "per-channel weights, static",
+    ),
+    _case(
+        "pt2e_transformer_encoder_layer",
+        Recipe(arch.transformer_encoder_layer, _symmetric(is_per_channel=True)),
+        (1, 16, 64),
+        "nn.TransformerEncoderLayer(d_model 64, 4 heads, feed-forward 128, batch first) on 16 "
+        "tokens, int8 per-channel weights, static",
     ),
 ]
