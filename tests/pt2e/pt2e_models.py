@@ -24,11 +24,13 @@ class ConvModel(torch.nn.Module):
 
 
 class ConvWithBNRelu(torch.nn.Module):
-    def __init__(self, relu: bool = True, transpose: bool = False) -> None:
+    def __init__(
+        self, relu: bool = True, transpose: bool = False, channels: int = 3, groups: int = 1
+    ) -> None:
         super().__init__()
         conv = torch.nn.ConvTranspose2d if transpose else torch.nn.Conv2d
-        self.conv = conv(3, 3, 3)
-        self.bn = torch.nn.BatchNorm2d(3)
+        self.conv = conv(3, channels, 3) if groups == 1 else conv(4, channels, 3, groups=groups)
+        self.bn = torch.nn.BatchNorm2d(channels)
         self.relu = torch.nn.ReLU() if relu else torch.nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +64,25 @@ class EmbeddingModule(torch.nn.Module):
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return self.emb(indices)
+
+
+class ConvBnReluPoolLinear(torch.nn.Module):
+    """Conv-BN-ReLU-AvgPool-Flatten-Linear, the classifier head of issue #14 item 8:
+    [N, 3, 8, 8] -> conv 3x3 pad 1 (8 ch) -> bn -> relu -> pool 2 -> [N, 128] -> linear 10."""
+
+    def __init__(self, pool: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.AvgPool2d(2) if pool is None else pool
+        self.linear = torch.nn.Linear(8 * 4 * 4, 10)
+        # statistics of a trained network, not the identity of a fresh batch norm
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(self.pool(self.relu(self.bn(self.conv(x)))), 1))
 
 
 class Conv2dThenConv1d(torch.nn.Module):

@@ -1,8 +1,11 @@
 """Post-training quantization: prepare -> calibrate -> convert on exported graphs."""
 
+import warnings
+
 import pytest
 import torch
 from pt2e_models import (
+    ConvBnReluPoolLinear,
     ConvWithBNRelu,
     LinearModel,
     export,
@@ -21,6 +24,7 @@ from harness.quant.pt2e import (
     QuantizationSpec,
     Quantizer,
     SymmetricQuantizer,
+    UncalibratedObserverWarning,
     convert_pt2e,
     get_symmetric_quantization_config,
     prepare_pt2e,
@@ -287,6 +291,20 @@ def test_ptq_folds_batch_norm_into_a_transposed_conv():
     assert (m(*inputs) - model(*inputs)).abs().max() <= 4 * out_scale
 
 
+def test_ptq_folds_batch_norm_into_a_grouped_transposed_conv():
+    # groups=2: rows of group g scale by the batch norm of that group's output channels
+    inputs = (torch.randn(1, 4, 5, 5),)
+    model = ConvWithBNRelu(transpose=True, channels=4, groups=2).eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.5, 2)
+    m = quantize(model, symmetric(is_per_channel=True), inputs)
+    assert op_counts(m)[aten.batch_norm.default] == 0
+    out_scale = next(
+        n for n in m.graph.nodes if n.target == Q and n.args[0].target == aten.relu.default
+    ).args[1]
+    assert (m(*inputs) - model(*inputs)).abs().max() <= 4 * out_scale
+
+
 def test_pooling_shares_its_input_observer():
     class M(torch.nn.Module):
         def __init__(self):
@@ -308,6 +326,55 @@ def test_pooling_shares_its_input_observer():
     pool = next(n for n in m.graph.nodes if n.target == aten.max_pool2d.default)
     q_after = next(iter(pool.users))
     assert q_after.args[1:3] == pool.args[0].args[1:3]
+
+
+def _q_scales(m):
+    """Scale of every activation quantize, in graph order."""
+    return [n.args[1] for n in m.graph.nodes if n.target == Q and n.args[0].op != "get_attr"]
+
+
+@pytest.mark.parametrize("pool", [torch.nn.AvgPool2d(2), torch.nn.AdaptiveAvgPool2d(4)])
+def test_average_pooling_stays_float_and_its_consumer_quantizes_the_narrower_range(pool):
+    inputs = (torch.randn(8, 3, 8, 8),)
+    m = quantize(ConvBnReluPoolLinear(pool).eval(), symmetric(), inputs)
+    # dq -> pool -> flatten -> q -> dq -> linear: the pooled values get their own observer
+    assert contains_in_order(
+        m, [aten.relu.default, Q, DQ, pool_op(pool), aten.flatten.using_ints, Q, DQ, LINEAR]
+    )
+    # 4 activation quantizes: input, relu output, linear input, linear output; in particular
+    # no second quantize with the relu's qparams after the pool, none after the flatten
+    relu_scale, linear_in_scale = _q_scales(m)[1:3]
+    assert len(_q_scales(m)) == 4
+    # an average of 2x2 non-negative values spans less than they do: a finer grid
+    assert linear_in_scale < relu_scale
+
+
+def pool_op(pool):
+    return {
+        torch.nn.AvgPool2d: aten.avg_pool2d.default,
+        torch.nn.AdaptiveAvgPool2d: aten.adaptive_avg_pool2d.default,
+    }[type(pool)]
+
+
+LINEAR = aten.linear.default
+
+
+def test_convert_without_calibration_warns_naming_the_uncalibrated_observers():
+    # no forward pass between prepare and convert: every observer still holds (+inf, -inf)
+    m = prepare_pt2e(export(torch.nn.Linear(4, 4).eval(), (torch.randn(2, 4),)), symmetric())
+    with pytest.warns(UncalibratedObserverWarning, match=r"3 observer\(s\) never saw data") as rec:
+        convert_pt2e(m)
+    # the weight, the input and the output observers, each with the value it guards
+    message = str(rec[0].message)
+    assert "'weight' -> 'linear'" in message and "'linear' -> 'output'" in message
+
+
+def test_convert_after_calibration_does_not_warn():
+    m = prepare_pt2e(export(torch.nn.Linear(4, 4).eval(), (torch.randn(2, 4),)), symmetric())
+    m(torch.randn(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_pt2e(m)
 
 
 def test_derived_bias_scale_is_input_scale_times_weight_scale():

@@ -1,5 +1,6 @@
 """QAT with conv-bn folding, node metadata hand-over, and quantizing a model twice."""
 
+import pytest
 import torch
 from pt2e_models import ConvBnReLU2dAndLinearReLU, ConvWithBNRelu, LinearModel, export, symmetric
 
@@ -47,6 +48,44 @@ def test_qat_conv_bn_trains_then_folds_the_batch_norm_at_convert():
     out_q = next(
         n for n in m.graph.nodes if n.target == Q and n.args[0].target == aten.relu.default
     )
+    assert (m(*inputs) - expected).abs().max() <= 3 * out_q.args[1]
+
+
+def _qat_then_convert(model, inputs, quantizer, steps=2):
+    m = prepare_qat_pt2e(export(model.train(), inputs), quantizer)
+    for _ in range(steps):
+        m(*inputs)
+    move_exported_model_to_eval(m)
+    return m, convert_pt2e(m)
+
+
+def test_qat_conv_transpose_bn_converts_to_dq_conv_transpose_q_without_batch_norm():
+    # the issue's repro: ConvTranspose2d(3, 4, 3) -> BatchNorm2d(4), QAT, per-tensor config
+    inputs = (torch.randn(2, 3, 6, 6),)
+    model = torch.nn.Sequential(torch.nn.ConvTranspose2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    _, m = _qat_then_convert(model, inputs, symmetric(is_qat=True), steps=1)
+    counts = op_counts(m)
+    assert counts[aten.batch_norm.default] == 0 and counts[aten.add_.Tensor] == 0
+    assert contains_in_order(m, [DQ, aten.conv_transpose2d.input, Q, DQ])
+    # inference no longer counts batches: nothing in the graph writes the model's state
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m(*inputs)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qat_conv_transpose_bn_folds_into_the_weight_per_output_channel(groups, per_channel):
+    # a transposed weight is [in, out/groups, k, k]: the batch norm of output channel
+    # g * out/groups + j scales column j of group g's rows (axis 1 when groups == 1)
+    inputs = (torch.randn(2, 4 if groups > 1 else 3, 5, 5),)
+    model = ConvWithBNRelu(relu=False, transpose=True, channels=4, groups=groups)
+    qat, m = _qat_then_convert(model, inputs, symmetric(is_per_channel=per_channel, is_qat=True))
+    expected = qat(*inputs)
+    assert op_counts(m)[aten.batch_norm.default] == 0
+    # folding with running statistics is exact in float; the folded weight's int8 rounding
+    # moves the output by a few steps at most (as for conv-bn above)
+    out_q = next(n for n in m.graph.nodes if n.target == Q and n.args[0].op == "call_function")
     assert (m(*inputs) - expected).abs().max() <= 3 * out_q.args[1]
 
 

@@ -7,6 +7,7 @@ Quantizer API in :mod:`.quantizer`, default quantizers in :mod:`.symmetric_quant
 
 from harness.quant.pt2e.annotators import OP_TO_ANNOTATOR
 from harness.quant.pt2e.composable_quantizer import ComposableQuantizer
+from harness.quant.pt2e.convert import UncalibratedObserverWarning
 from harness.quant.pt2e.embedding_quantizer import EmbeddingQuantizer
 from harness.quant.pt2e.export_utils import (
     allow_exported_model_train_eval,
@@ -31,6 +32,7 @@ from harness.quant.pt2e.quantizer import (
 from harness.quant.pt2e.symmetric_quantizer import (
     SymmetricQuantizer,
     get_symmetric_quantization_config,
+    get_x86_inductor_quantization_config,
 )
 
 __all__ = [
@@ -49,9 +51,11 @@ __all__ = [
     "Quantizer",
     "SharedQuantizationSpec",
     "SymmetricQuantizer",
+    "UncalibratedObserverWarning",
     "allow_exported_model_train_eval",
     "convert_pt2e",
     "get_symmetric_quantization_config",
+    "get_x86_inductor_quantization_config",
     "model_is_exported",
     "move_exported_model_to_eval",
     "move_exported_model_to_train",

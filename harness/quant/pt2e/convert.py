@@ -11,11 +11,17 @@ For an observer with scale ``s`` and zero point ``z`` on a value ``x``, convert 
 so the graph stays float-in/float-out ("reference" representation) and backends pattern-match
 ``dq -> op -> q`` into integer kernels. ``y`` equals ``x`` rounded to the quantization grid:
 ``y = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+
+An observer that never saw data (no calibration pass, or a branch calibration never took) has
+only the neutral qparams ``s = 1.0, z = 0``: every weight and activation it guards would round
+to whole numbers. Convert still converts, but warns (:class:`UncalibratedObserverWarning`)
+naming each such observer and the value it guards.
 """
 
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 from torch.fx import GraphModule, Node
@@ -30,6 +36,30 @@ from harness.quant.pt2e.graph_utils import (
 from harness.quant.pt2e.observer_factory import QuantInfo, quant_info
 
 qd = torch.ops.quantized_decomposed
+
+
+class UncalibratedObserverWarning(UserWarning):
+    """convert_pt2e met observers that never observed anything (see the module docstring)."""
+
+
+def never_observed(module: torch.nn.Module) -> bool:
+    """True when ``module`` (an observer, or a fake-quant around one) derives its qparams from
+    running statistics and has not recorded any: min/max still ``(+inf, -inf)``, or empty
+    per-channel buffers. Fixed, derived and placeholder observers have no statistics to miss."""
+    obs = getattr(module, "activation_post_process", module)
+    min_val, max_val = getattr(obs, "min_val", None), getattr(obs, "max_val", None)
+    if not isinstance(min_val, torch.Tensor) or not isinstance(max_val, torch.Tensor):
+        return False
+    if min_val.numel() == 0 or max_val.numel() == 0:
+        return True
+    return bool((min_val == float("inf")).all()) and bool((max_val == float("-inf")).all())
+
+
+def _guarded_value(node: Node) -> str:
+    x = node.args[0]
+    users = [u.name for u in node.users]
+    source = f"'{x.name}'" if isinstance(x, Node) else repr(x)
+    return f"{source} -> {', '.join(repr(u) for u in users) or 'output'}"
 
 
 def _buffer(model: GraphModule, prefix: str, value: torch.Tensor) -> str:
@@ -111,6 +141,7 @@ def replace_observers(model: GraphModule) -> GraphModule:
     """Turn every observer call into q/dq ops (or drop it if it keeps the value in float)."""
     graph = model.graph
     used: set[str] = set()
+    uncalibrated: dict[str, list[str]] = {}
     for node in list(graph.nodes):
         if not is_observer_node(model, node):
             continue
@@ -120,6 +151,8 @@ def replace_observers(model: GraphModule) -> GraphModule:
         x = node.args[0]
         assert isinstance(x, Node)
         info = quant_info(module)
+        if info is not None and not info.is_dynamic and never_observed(module):
+            uncalibrated.setdefault(target, []).append(_guarded_value(node))
         if info is None:
             node.replace_all_uses_with(x)
             graph.erase_node(node)
@@ -127,6 +160,15 @@ def replace_observers(model: GraphModule) -> GraphModule:
             _dynamic(model, node, x, info)
         else:
             _static(model, node, x, module, info)
+    if uncalibrated:
+        listed = "; ".join(f"{name} ({', '.join(v)})" for name, v in uncalibrated.items())
+        warnings.warn(
+            f"convert_pt2e: {len(uncalibrated)} observer(s) never saw data, so their values are "
+            f"quantized with the neutral scale 1.0 and zero point 0 (run the prepared model on "
+            f"calibration data before convert_pt2e): {listed}",
+            UncalibratedObserverWarning,
+            stacklevel=3,
+        )
     # Observer modules are not needed any more (and would not export).
     for name, _ in list(model.named_children()):
         if name.startswith("activation_post_process_"):

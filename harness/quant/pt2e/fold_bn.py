@@ -64,12 +64,27 @@ def _bn_scale_shift(
     return scale, mean, beta
 
 
-def _conv_weight_axis(conv: Node) -> int | None:
-    """The output-channel axis of the conv weight, or None when BN cannot be folded into it."""
+def _groups(conv: Node) -> int:
+    """``groups`` of a conv / conv_transpose node (argument 6 of both aten schemas)."""
+    groups = conv.args[6] if len(conv.args) > 6 else conv.kwargs.get("groups", 1)
+    return int(groups)
+
+
+def _weight_scale(s: torch.Tensor, conv: Node, weight: torch.Tensor) -> torch.Tensor:
+    """The per-output-channel factor ``s`` laid out to multiply ``conv``'s weight.
+
+    A conv weight is ``[out, in/groups, k...]``: ``s`` runs along axis 0. A transposed conv
+    weight is ``[in, out/groups, k...]``: input channel ``i`` of group ``g = i // (in/groups)``
+    feeds output channels ``g * out/groups + j``, so element ``[i, j]`` takes
+    ``s[g * out/groups + j]`` (axis 1 when ``groups == 1``).
+    """
+    tail = [1] * (weight.dim() - 2)
     if conv.target in CONV_OPS:
-        return 0
-    groups = conv.args[6] if len(conv.args) > 6 else 1
-    return 1 if groups == 1 else None
+        return s.reshape([-1, 1, *tail])
+    groups = _groups(conv)
+    cin, out_g = weight.shape[0], weight.shape[1]
+    per_group = s.reshape(groups, 1, out_g).expand(groups, cin // groups, out_g)
+    return per_group.reshape([cin, out_g, *tail])
 
 
 def _set_param(model: GraphModule, prefix: str, value: torch.Tensor, like: Node) -> Node:
@@ -96,9 +111,6 @@ def fold_conv_bn_eval(model: GraphModule) -> GraphModule:
             or len(conv.users) != 1
         ):
             continue
-        axis = _conv_weight_axis(conv)
-        if axis is None:
-            continue
         try:
             s, mean, beta = _bn_scale_shift(model, bn)
             weight = _tensor(model, conv.args[1])
@@ -106,9 +118,7 @@ def fold_conv_bn_eval(model: GraphModule) -> GraphModule:
         except _NotFoldable:
             continue
         assert weight is not None
-        shape = [1] * weight.dim()
-        shape[axis] = -1
-        new_w = weight * s.reshape(shape)
+        new_w = weight * _weight_scale(s, conv, weight)
         new_b = ((bias if bias is not None else torch.zeros_like(mean)) - mean) * s + beta
         old_w, old_b = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
         w_node = _set_param(model, "_folded_weight", new_w, old_w)
@@ -131,6 +141,18 @@ def _call(graph: torch.fx.Graph, target: object, *args: object) -> Node:
     return graph.call_function(target, tuple(args))
 
 
+def _graph_weight_scale(graph: torch.fx.Graph, s: Node, conv: Node, weight: torch.Tensor) -> Node:
+    """:func:`_weight_scale` as graph nodes (QAT keeps the batch norm trainable)."""
+    tail = [1] * (weight.dim() - 2)
+    if conv.target in CONV_OPS:
+        return _call(graph, aten.reshape.default, s, [-1, 1, *tail])
+    groups = _groups(conv)
+    cin, out_g = int(weight.shape[0]), int(weight.shape[1])
+    per_group = _call(graph, aten.reshape.default, s, [groups, 1, out_g])
+    per_group = _call(graph, aten.expand.default, per_group, [groups, cin // groups, out_g])
+    return _call(graph, aten.reshape.default, per_group, [cin, out_g, *tail])
+
+
 def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
     """Rewrite each annotated ``conv -> batch_norm`` into the QAT form described above, moving
     the weight annotation onto the scaled weight."""
@@ -140,7 +162,11 @@ def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
         if bn.op != "call_function" or bn.target not in BN_OPS:
             continue
         conv = bn.args[0]
-        if not isinstance(conv, Node) or conv.target not in CONV_OPS or len(conv.users) != 1:
+        if (
+            not isinstance(conv, Node)
+            or conv.target not in CONV_OPS + CONV_TRANSPOSE_OPS
+            or len(conv.users) != 1
+        ):
             continue
         ann = conv.meta.get(ANNOTATION_KEY)
         weight = conv.args[1]
@@ -151,8 +177,10 @@ def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
         eps = bn.args[7] if len(bn.args) > 7 else 1e-5
         if not isinstance(var, Node) or not isinstance(weight, Node):
             continue
-        ndim = len(weight.meta["val"].shape) if "val" in weight.meta else 4
-        w_shape = [-1] + [1] * (ndim - 1)
+        if "val" not in weight.meta:
+            continue
+        w_val = weight.meta["val"]
+        ndim = w_val.dim()
         out_shape = [1, -1] + [1] * (ndim - 2)
         with graph.inserting_before(conv):
             std = _call(graph, aten.sqrt.default, _call(graph, aten.add.Tensor, var, eps))
@@ -162,7 +190,7 @@ def prepare_conv_bn_qat(model: GraphModule) -> GraphModule:
                 else _call(graph, aten.reciprocal.default, std)
             )
             scaled_w = _call(
-                graph, aten.mul.Tensor, weight, _call(graph, aten.reshape.default, s, w_shape)
+                graph, aten.mul.Tensor, weight, _graph_weight_scale(graph, s, conv, w_val)
             )
             s_out = _call(graph, aten.reshape.default, s, out_shape)
             b_out = (
@@ -246,7 +274,7 @@ def fold_conv_bn_qat(model: GraphModule) -> GraphModule:
         except _NotFoldable:
             continue
         assert w is not None
-        new_w = w * s.reshape([-1] + [1] * (w.dim() - 1))
+        new_w = w * _weight_scale(s, conv, w)
         new_b = ((b if b is not None else torch.zeros_like(mean)) - mean) * s + beta
         w_node = _set_param(model, "_folded_weight", new_w.detach(), weight)
         b_node = _set_param(model, "_folded_bias", new_b.detach(), bias or weight)

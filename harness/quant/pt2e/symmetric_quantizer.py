@@ -9,6 +9,12 @@ type, then global. ``get_symmetric_quantization_config`` builds the usual recipe
   ``1 / scale`` finite in fixed-point backends); static (calibrated) or dynamic (chosen per
   batch at run time, linear only);
 * QAT swaps each observer for a fake-quant module that observes and rounds in training.
+
+:func:`get_x86_inductor_quantization_config` is the x86 / Inductor preset: uint8 affine
+activations over ``[0, 255]`` (``[0, 127]`` with ``reduce_range``, for CPUs without VNNI) and
+int8 per-channel symmetric weights over ``[-128, 127]``, as torchao's ``X86InductorQuantizer``.
+Inductor with freezing (``torch._inductor.config.freezing = True``) lowers ``dq -> conv / linear
+-> q`` of such a graph to oneDNN's quantized kernels; it lowers nothing with int8 activations.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def _symmetric_config(
     act_qmax: int,
     weight_qmin: int,
     weight_qmax: int,
+    act_dtype: torch.dtype = torch.int8,
 ) -> QuantizationConfig:
     # Observer constructors are ``with_args`` wrappers, which compare equal when they build the
     # same thing: specs from different configs (per-tensor vs per-channel) then still compare
@@ -54,7 +61,7 @@ def _symmetric_config(
     else:
         act_ctr = observers.HistogramObserver.with_args(eps=ACT_EPS)
     act = QuantizationSpec(
-        dtype=torch.int8,
+        dtype=act_dtype,
         quant_min=act_qmin,
         quant_max=act_qmax,
         qscheme=torch.per_tensor_affine,
@@ -120,9 +127,32 @@ def get_symmetric_quantization_config(
     )
 
 
+def get_x86_inductor_quantization_config(
+    is_qat: bool = False, is_dynamic: bool = False, reduce_range: bool = False
+) -> QuantizationConfig:
+    """The x86 / Inductor recipe (module docstring): uint8 affine activations, int8 per-channel
+    symmetric weights over the full ``[-128, 127]``. ``reduce_range`` halves the activation range
+    to ``[0, 127]`` for CPUs without VNNI, whose u8 x s8 instructions add pairs of products in
+    int16 and would saturate on full-range activations. Cached like
+    :func:`get_symmetric_quantization_config`."""
+    return _symmetric_config(
+        True,
+        bool(is_qat),
+        bool(is_dynamic),
+        0,
+        127 if reduce_range else 255,
+        -128,
+        127,
+        torch.uint8,
+    )
+
+
 class SymmetricQuantizer(Quantizer):
-    """Annotates linear, conv (1d/2d, transposed, with batch norm and relu), add, mul, pooling
-    and cat, with configs chosen per module name, module type, operator, or globally."""
+    """Annotates linear, conv (1d/2d, transposed, with batch norm and relu), add, mul, max
+    pooling and cat, with configs chosen per module name, module type, operator, or globally.
+
+    Works with both recipes of this module: the symmetric int8 one and the x86 / Inductor one.
+    """
 
     def __init__(self) -> None:
         self.global_config: QuantizationConfig | None = None
