@@ -22,8 +22,11 @@ from pathlib import Path
 import nox
 
 DEFAULT_TORCH = "2.13.0"
-# 2.6.0 is the oldest release qbc supports (see docs/versions.md), 2.14.1 the newest tested.
-TORCH_RELEASES = ["2.6.0", DEFAULT_TORCH, "2.14.1"]
+# Every minor from 2.6 (the oldest qbc supports, docs/versions.md) to 2.14, at its newest patch;
+# each writes its own producer and verifies every producer's goldens.
+TORCH_RELEASES = [
+    "2.6.0", "2.7.1", "2.8.0", "2.9.1", "2.10.0", "2.11.0", "2.12.1", DEFAULT_TORCH, "2.14.1",
+]  # fmt: skip
 
 nox.options.sessions = [f"tests(torch='{DEFAULT_TORCH}')", f"verify(torch='{DEFAULT_TORCH}')"]
 nox.options.reuse_venv = "yes"
