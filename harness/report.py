@@ -164,6 +164,28 @@ def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
     }
 
 
+def producer_consumer(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per (subject, producer), one column per consumer: every check of that producer's
+    goldens run by that consumer, counted by outcome (``ok 990`` when all passed; a known break
+    shows as ``xfail N`` with its reason under "What broke and why")."""
+    cells: dict[tuple[str, str], dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
+    consumers: set[str] = set()
+    for r in rows:
+        subject, producer, *_ = split_id(r["id"])
+        consumer = consumer_of(r)["id"]
+        consumers.add(consumer)
+        cells[(subject, producer)][consumer][r["outcome"]] += 1
+    ordered = sorted(consumers, key=_version_key)
+    head = ["subject", "producer ↓ / consumer →", *ordered]
+    body = [
+        [subject, producer, *[_cell(cells[(subject, producer)].get(c, {})) for c in ordered]]
+        for subject, producer in sorted(cells, key=lambda k: (k[0], _version_key(k[1])))
+    ]
+    return head, body
+
+
 def _cell(counts: dict[str, int]) -> str:
     if not counts:
         return "-"
@@ -444,6 +466,7 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
     sections: list[tuple[str, list[str], list[list[str]]]] = [
         ("Consumers", ["consumer", "torch", "qbc", "python"], consumer_rows),
         ("Summary", ["consumer", "passed", "failed", "xfail", "xpass", "skipped"], summary),
+        ("Producer × consumer (cells: outcome count over every check)", *producer_consumer(rows)),
         ("Compatibility matrix (cells: outcome count per golden)", head, body),
         (
             "What broke and why",

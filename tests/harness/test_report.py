@@ -352,3 +352,20 @@ def test_compact_results_store_each_distinct_warning_once(rows, tmp_path):
     path.write_text(text)
     back = _load_rows(path)
     assert [sorted(w["message"] for w in r["warnings"]) for r in back] == [["a", "b"]] * 3
+
+
+def test_producer_by_consumer_counts_every_check_of_a_producer_on_each_consumer(rows):
+    # torch_ao/NEW on 2.6.0: one known break (exported) and one failure (scripted); on 2.14.1
+    # its one state_dict check passed; OLD has two passes on 2.14.1 and one on 2.6.0
+    head, body = report.producer_consumer(rows)
+    assert head == [
+        "subject",
+        "producer ↓ / consumer →",
+        consumer("2.6.0")["id"],
+        consumer("2.14.1")["id"],
+    ]
+    assert body == [
+        ["qbc", OLD, "ok 1", "-"],
+        ["torch_ao", OLD, "ok 1", "ok 2"],
+        ["torch_ao", NEW, "FAIL 1 xfail 1", "ok 1"],
+    ]
