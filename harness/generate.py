@@ -1,6 +1,7 @@
 """The generator: build every selected case per engine with today's code and write its golden.
 
-Only the current producer (``harness.manifest.producer_id()``) is ever written. The whole
+Only the current producer of each subject (``harness.manifest.producer_id(subject=...)``) is
+ever written. The whole
 producer folder is built in a temporary sibling and renamed into place (see harness.store).
 """
 
@@ -68,10 +69,10 @@ def generate(
     from tqdm import tqdm
 
     command = command or mf.default_command()
-    producer = mf.producer_id()
     result = GenerateResult()
     for subject_name in subjects or subject_names():
         subject = get_subject(subject_name)
+        producer = mf.producer_id(subject=subject_name)
         for engine in engines or ():
             check_engine(subject, engine)
         cases = select_cases(subject.cases(), case_glob) if case_glob else list(subject.cases())

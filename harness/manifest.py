@@ -6,7 +6,7 @@ manifest.json (schema 1), one per golden ``golden/<subject>/<producer>/<engine>/
       "schema": 1,
       "subject": "torch_ao", "case": "linear", "engine": "fbgemm",
       "producer": {"id": "torch-2.13.0_qbc-0.1.0", "torch": "2.13.0+cpu", "qbc": "0.1.0",
-                   "python": "3.11.7"},
+                   "python": "3.11.7"},   # a plug-in subject's also has "subject_version"
       "machine": {"platform": "Linux-...", "machine": "x86_64",
                   "isa": {"avx2": true, "avx512": false, "avx512_vnni": false, "amx": false}},
       "date": "2026-11-23T10:00:00Z",
@@ -26,38 +26,82 @@ import functools
 import hashlib
 import json
 import platform
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import harness
 from harness import compat
+from harness.subjects import subject_version
 
 SCHEMA_VERSION = 1
 ISA_FLAGS = ("avx2", "avx512", "avx512_vnni", "amx")
 
 
-def producer_id(torch_release: str | None = None, qbc_version: str | None = None) -> str:
-    """``torch-<release>_qbc-<version>``: the folder name of a producer in the store."""
-    return (
+def producer_id(
+    torch_release: str | None = None, qbc_version: str | None = None, subject: str | None = None
+) -> str:
+    """The folder name of a producer in the store: ``torch-<release>_qbc-<version>`` for qbc's
+    built-in subjects; a plug-in subject adds its own version,
+    ``torch-<release>_qbc-<version>_<subject>-<subject version>``, so the goldens of each of
+    its versions are kept side by side."""
+    base = (
         f"torch-{torch_release or compat.torch_release()}_qbc-{qbc_version or harness.__version__}"
     )
+    version = subject_version(subject) if subject else None
+    return f"{base}_{subject}-{version}" if version else base
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A producer id taken apart."""
+
+    torch: tuple[int, ...]
+    qbc: str
+    subject: str | None = None  # a plug-in subject's name, None for qbc's own subjects
+    subject_version: str | None = None
+
+
+_PRODUCER = re.compile(
+    r"torch-(?P<torch>[^_]*)_qbc-(?P<qbc>[^_]*)(?:_(?P<subject>.+)-(?P<version>[0-9A-Za-z.+]+))?"
+)
+
+
+def producer_parts(pid: str) -> Producer:
+    """``torch-2.13.0_qbc-0.1.0`` -> Producer((2, 13, 0), "0.1.0");
+    ``torch-2.13.0_qbc-0.1.0_mylib-0.0.2`` -> Producer((2, 13, 0), "0.1.0", "mylib", "0.0.2")."""
+    m = _PRODUCER.fullmatch(pid)
+    if m is None:  # not a producer id qbc writes; read what can be read
+        torch_part, _, qbc_part = pid.partition("_qbc-")
+        return Producer(_release(torch_part.removeprefix("torch-")), qbc_part)
+    return Producer(_release(m["torch"]), m["qbc"], m["subject"], m["version"])
+
+
+def _release(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def parse_producer(pid: str) -> tuple[tuple[int, ...], str]:
-    """``torch-2.13.0_qbc-0.1.0`` -> ((2, 13, 0), "0.1.0")."""
-    torch_part, _, qbc_part = pid.partition("_qbc-")
-    release = torch_part.removeprefix("torch-")
-    return tuple(int(p) for p in release.split(".") if p.isdigit()), qbc_part
+    """``torch-2.13.0_qbc-0.1.0`` (or with a plug-in's ``_<subject>-<version>``) ->
+    ((2, 13, 0), "0.1.0")."""
+    parts = producer_parts(pid)
+    return parts.torch, parts.qbc
 
 
-def producer_info() -> dict[str, str]:
-    return {
-        "id": producer_id(),
+def producer_info(subject: str | None = None) -> dict[str, str]:
+    """Who writes (or, as a consumer, reads) goldens: ids and versions (no torch import)."""
+    info = {
+        "id": producer_id(subject=subject),
         "torch": compat.torch_version_string(),
         "qbc": harness.__version__,
         "python": platform.python_version(),
     }
+    version = subject_version(subject) if subject else None
+    if version:
+        info["subject_version"] = version
+    return info
 
 
 @functools.cache
@@ -105,7 +149,7 @@ def new_manifest(
         "subject": subject,
         "case": case_spec["name"],
         "engine": engine,
-        "producer": producer_info(),
+        "producer": producer_info(subject),
         "machine": machine_info(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seed": seed,

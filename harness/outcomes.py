@@ -23,6 +23,10 @@ class GoldenFailure(AssertionError):
         super().__init__(message)
         self.check, self.error = check, error
 
+    #: a numeric failure's drift numbers (max_steps, mismatched, min_sqnr_db, limit_steps), so
+    #: the report can plot failed checks against their limit; empty for other failures
+    drift: dict[str, float] = {}  # noqa: RUF012 (replaced per instance, never mutated)
+
 
 class GoldenSkip(Exception):
     """The check cannot run here (engine or subject unavailable); the message says why."""

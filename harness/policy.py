@@ -90,6 +90,8 @@ class Stats:
     sqnr_db: float = math.inf
     step: float = 1.0
     problem: str | None = None  # structural difference (shape, dtype, qparams, missing leaf)
+    #: the policy's max_steps for this leaf (set by judge)
+    limit_steps: float | None = None
 
     def summary(self) -> str:
         if self.problem:
@@ -210,6 +212,7 @@ def judge(actual: Any, expected: Any, policy: Policy, where: Where) -> Verdict:
             verdict.failures.append(s.summary())
             continue
         tol = policy.tolerance(where, s.dtype)
+        s.limit_steps = tol.max_steps
         err = getattr(s, "_err", None)
         if err is not None:
             s.mismatched = int((err > tol.atol_steps).sum().item())

@@ -1,166 +1,363 @@
-"""pytest plugin ``qbc`` (entry point ``pytest11``): parametrizes the BC runner over the store.
+"""pytest plugin ``qbc`` (entry point ``pytest11``): one test per golden check of the store.
 
-Any test requesting the ``qbc_check`` fixture (``harness.verify.test_golden``, re-exported by
-``tests/bc/test_goldens.py``) runs once per (golden, format) of the store, with ids like
-``torch_ao/torch-2.13.0_qbc-0.1.0/fbgemm/linear/scripted``. A check covered by an entry of the
-known-breaks file must fail the way the entry says (an xfail carrying its name and reason);
-failing otherwise is a failure, passing is an XPASS that fails the run. Warnings raised during
-a check are recorded in its results row, never raised. Collection is deterministic, so
-pytest-xdist workers agree on the item list.
+Any test requesting the ``qbc_check`` fixture (``harness.verify.test_golden``; a project's
+CI gate is the one line ``from harness.verify import test_golden`` in a test file) runs once per
+(golden, format) of the store, with ids like ``torch_ao/torch-2.13.0_qbc-0.1.0/fbgemm/linear/scripted``,
+marked ``qbc`` (``-m qbc`` / ``-m "not qbc"``). A check covered by an entry of the known-breaks file must
+fail the way the entry says (an xfail carrying its name and reason); failing otherwise is a
+failure, passing is an XPASS that fails the run. Warnings raised during a check are recorded in
+its results row, never raised. Collection is deterministic, so pytest-xdist workers agree on the
+item list.
 
-Options:
-  --qbc-store PATH          golden store to verify (default: <rootdir>/golden)
-  --qbc-policy PATH         tolerance policy TOML (default: harness/data/policy.toml)
-  --qbc-known-breaks PATH   known-breaks TOML (default: harness/data/known_breaks.toml)
-  --qbc-results PATH        write every check's outcome as JSON (used by ``qbc verify``)
-  --qbc-torch-threads N     torch intra-op threads in a process that runs BC checks (default 1;
-                            0 keeps torch's default). Goldens are tiny: extra threads only add
-                            synchronization, which costs most on a loaded machine or with xdist
-                            (bench/README.md: 1 thread cut the runner's CPU time by ~40%).
+Options (command line, or the ini key in ``[tool.pytest.ini_options]``; a relative ini path is
+relative to the ini file):
+
+  --qbc-store PATH          qbc_store          golden store (default: <rootdir>/golden)
+  --qbc-policy PATH         qbc_policy         tolerance policy TOML (default: qbc's own)
+  --qbc-known-breaks PATH   qbc_known_breaks   known-breaks TOML (default: qbc's own)
+  --qbc-subject NAME        qbc_subjects       only these subjects' goldens (repeatable)
+  --qbc-update                                 accept today's goldens before checking (below)
+  --qbc-results PATH                           write every check's outcome as JSON
+  --qbc-torch-threads N                        torch intra-op threads in a process that runs
+                            golden checks (default 1; 0 keeps torch's default). Goldens are
+                            tiny: extra threads only add synchronization (bench/README.md).
+
+Accepting an intended change, the syrupy way: ``pytest --qbc-update`` (or syrupy's
+``--snapshot-update``) regenerates today's producer of every subject in scope before the checks
+are collected, prints what changed (goldens added, changed, unchanged, removed, and the largest
+change of an expected output, in quantization steps), and then verifies the store as usual.
+Past producers are never rewritten: their failures remain, to be fixed or recorded as known
+breaks.
+
+A session that collects no golden check pays only for importing this module (no torch). A
+missing store is a collection error naming it; a store without goldens collects nothing.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import results as rs
+
+FIXTURE = "qbc_check"
+MARKER = "qbc"
+
+#: per-config state, shared by the hooks below (pytest's own plugins keep theirs the same way)
+_STATE = pytest.StashKey["_State"]()
+_WRITER = pytest.StashKey["ResultsWriter"]()
+
+
+class _State:
+    def __init__(self, run_id: str) -> None:
+        #: one id per pytest run, shared with xdist workers, naming the accept record
+        self.run_id = run_id
+        self.accepted = False
+        self.empty_store: Path | None = None
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qbc", "qbc golden store")
-    group.addoption(
-        "--qbc-store", default=None, help="golden store to verify (default: <rootdir>/golden)"
-    )
+    group.addoption("--qbc-store", default=None, help="golden store (default: <rootdir>/golden)")
     group.addoption("--qbc-policy", default=None, help="tolerance policy TOML")
     group.addoption("--qbc-known-breaks", default=None, help="known-breaks TOML")
+    group.addoption(
+        "--qbc-subject",
+        action="append",
+        default=None,
+        help="verify (and accept) only this subject's goldens (repeatable)",
+    )
+    group.addoption(
+        "--qbc-update",
+        action="store_true",
+        default=False,
+        help="accept: regenerate today's goldens of the subjects in scope, print what changed",
+    )
     group.addoption("--qbc-results", default=None, help="write check outcomes as JSON here")
     group.addoption(
         "--qbc-torch-threads",
         type=int,
         default=1,
-        help="torch intra-op threads while running BC checks (default 1; 0: torch's default)",
+        help="torch intra-op threads while running golden checks (default 1; 0: torch's default)",
     )
+    parser.addini("qbc_store", "golden store (default: <rootdir>/golden)", type="paths")
+    parser.addini("qbc_policy", "tolerance policy TOML (default: qbc's own)", type="paths")
+    parser.addini("qbc_known_breaks", "known-breaks TOML (default: qbc's own)", type="paths")
+    parser.addini("qbc_subjects", "verify only these subjects' goldens", type="args")
+
+
+def _path_setting(config: pytest.Config, name: str) -> Path | None:
+    """Command line first, then the ini file (relative to it), else None."""
+    opt = config.getoption(f"--{name.replace('_', '-')}")
+    if opt:
+        return Path(opt)
+    ini = config.getini(name)
+    return Path(ini[0]) if ini else None
 
 
 def store_path(config: pytest.Config) -> Path:
-    opt = config.getoption("--qbc-store")
-    return Path(opt) if opt else Path(config.rootpath) / "golden"
+    return _path_setting(config, "qbc_store") or Path(config.rootpath) / "golden"
+
+
+def subjects_in_scope(config: pytest.Config) -> list[str]:
+    """The subjects named by ``--qbc-subject`` / ``qbc_subjects``; empty: every subject."""
+    return list(config.getoption("--qbc-subject") or config.getini("qbc_subjects") or [])
+
+
+def _update_requested(config: pytest.Config) -> bool:
+    # syrupy's flag accepts snapshots; it accepts goldens too when golden checks are collected
+    return bool(
+        config.getoption("--qbc-update") or config.getoption("--snapshot-update", default=False)
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{MARKER}: a golden check of the qbc store (select with -m {MARKER})"
+    )
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "torch" not in sys.modules:
+        # one worker per core already: no OpenMP pool of its own (torch reads this at import;
+        # _set_torch_threads pins intra-op threads once golden checks are collected)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run_id = workerinput.get("qbc_run_id") if workerinput else None
+    config.stash[_STATE] = _State(run_id or uuid.uuid4().hex)
+    results = config.getoption("--qbc-results", default=None)
+    # Only the controller (not xdist workers) writes the results file.
+    if results and workerinput is None:
+        path = Path(results)
+        if not path.parent.is_dir():
+            raise pytest.UsageError(
+                f"--qbc-results {results}: directory {path.parent} does not exist"
+            )
+        writer = ResultsWriter(path)
+        config.stash[_WRITER] = writer
+        config.pluginmanager.register(writer, "qbc-results")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # ``qbc verify`` runs pytest.main in-process: leave nothing registered behind
+    writer = config.stash.get(_WRITER, None)
+    if writer is not None:
+        del config.stash[_WRITER]
+        config.pluginmanager.unregister(writer)
+    state = config.stash.get(_STATE, None)
+    if state is not None and not hasattr(config, "workerinput"):
+        for path in _accept_files(state.run_id):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist) Workers share the controller's run id, so only one of them accepts."""
+    node.workerinput["qbc_run_id"] = node.config.stash[_STATE].run_id
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "qbc_check" not in metafunc.fixturenames:
+    if FIXTURE not in metafunc.fixturenames:
         return
+    config = metafunc.config
+    store = store_path(config)
+    if _update_requested(config):
+        _accept_once(config, store)
+    if not store.is_dir():
+        raise pytest.Collector.CollectError(
+            f"qbc: no golden store at {store} (set --qbc-store or qbc_store, "
+            "or create it with `qbc generate` / `pytest --qbc-update`)"
+        )
     from harness.verify import collect
 
-    config = metafunc.config
-    threads = config.getoption("--qbc-torch-threads")
+    _set_torch_threads(config)
+    subjects = set(subjects_in_scope(config))
+    params = []
+    for item in collect(store):
+        g = item.golden
+        if subjects and g.subject not in subjects:
+            continue
+        marks: list[Any] = [pytest.mark.qbc]
+        # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
+        # one worker, which then builds today's version of that case once for all of them.
+        marks.append(pytest.mark.xdist_group(f"{g.subject}/{g.engine}/{g.case}"))
+        params.append(pytest.param(item, id=item.id, marks=marks))
+    if not params:
+        config.stash[_STATE].empty_store = store
+    metafunc.parametrize(FIXTURE, params)
+
+
+def _set_torch_threads(config: pytest.Config) -> None:
+    # Each xdist worker is one process per core already; intra-op threads would only fight over
+    # the same cores (the models are tiny, so no kernel parallelizes usefully).
+    threads = 1 if hasattr(config, "workerinput") else config.getoption("--qbc-torch-threads")
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    params = []
-    for item in collect(store_path(config)):
-        marks = []
-        # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
-        # one worker, which then builds today's version of that case once for all of them.
-        g = item.golden
-        marks.append(pytest.mark.xdist_group(f"{g.subject}/{g.engine}/{g.case}"))
-        params.append(pytest.param(item, id=item.id, marks=marks))
-    metafunc.parametrize("qbc_check", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A store without goldens gives no check at all (not one "empty parameter set" skip, which
+    would let a CI gate pass on nothing): its placeholder item is deselected."""
+    empty = [item for item in items if _is_placeholder(item)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]
+
+
+def _is_placeholder(item: pytest.Item) -> bool:
+    """The one item pytest makes for an empty parameter set (its value is a NOTSET token)."""
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return False
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return not hasattr(params.get(FIXTURE), "golden")
 
 
 @pytest.fixture(scope="session")
 def qbc_policy(pytestconfig: pytest.Config) -> Any:
     from harness.policy import Policy
 
-    path = pytestconfig.getoption("--qbc-policy")
-    return Policy.load(Path(path) if path else None)
+    return Policy.load(_path_setting(pytestconfig, "qbc_policy"))
 
 
 @pytest.fixture(scope="session")
 def qbc_known_breaks(pytestconfig: pytest.Config) -> Any:
     from harness.policy import load_known_breaks
 
-    path = pytestconfig.getoption("--qbc-known-breaks")
-    return load_known_breaks(Path(path) if path else None)
+    return load_known_breaks(_path_setting(pytestconfig, "qbc_known_breaks"))
 
 
-class _Results:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    # A check that failed before its body ran (a fixture error) still carries its id.
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    check = params.get(FIXTURE)
+    if check is not None and rs.CHECK_ID_PROPERTY not in dict(report.user_properties):
+        report.user_properties.append((rs.CHECK_ID_PROPERTY, check.id))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    record, _lock = _accept_files(state.run_id)
+    if record.exists():
+        terminalreporter.section("qbc: accepted goldens")
+        for line in record.read_text().splitlines():
+            terminalreporter.write_line(line)
+    if state.empty_store is not None:
+        terminalreporter.write_line(f"qbc: the golden store {state.empty_store} has no goldens")
+
+
+# ------------------------------------------------------------------------------ accepting
+
+
+def _accept_files(run_id: str) -> tuple[Path, Path]:
+    base = Path(tempfile.gettempdir()) / f"qbc-accept-{run_id}"
+    return base.with_suffix(".txt"), base.with_suffix(".lock")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: other workers wait for the first to finish
+        yield
+    finally:
+        os.close(fd)
+
+
+def _accept_once(config: pytest.Config, store: Path) -> None:
+    """Regenerate today's goldens once per run (the first xdist worker to collect does it while
+    the others wait), then every process collects the accepted store."""
+    state = config.stash[_STATE]
+    if state.accepted:
+        return
+    record, lock = _accept_files(state.run_id)
+    with _exclusive(lock):
+        if not record.exists():
+            from harness.regen import accept
+
+            lines = accept(store, subjects_in_scope(config))
+            record.write_text("\n".join(lines) + "\n")
+    state.accepted = True
+
+
+# ------------------------------------------------------------------------------ results
+
+
+class ResultsWriter:
+    """Collects one :class:`harness.results.CheckResult` per check; writes them at the end.
+
+    The check id comes from the ``qbc_check`` user property (never from the node id), so a
+    check is named whatever its id looks like. Other ``qbc_<field>`` properties a check records
+    land in the result's field of that name (``qbc_drift`` -> ``drift``, ``qbc_isa`` -> ``isa``).
+    """
+
     def __init__(self, path: Path) -> None:
-        from harness.manifest import producer_info
-
         self.path = path
-        self.rows: dict[str, dict[str, Any]] = {}
-        # the consumer is described like a producer: {"id", "torch", "qbc", "python"}
-        self.consumer = producer_info()
+        self.results: dict[str, rs.CheckResult] = {}
+        self._consumer: dict[str, str] | None = None
+
+    @property
+    def consumer(self) -> dict[str, str]:
+        # the consumer is described like a producer: {"id", "torch", "qbc", "python"}; asked
+        # only once a check reports, so torch is imported only by sessions that check goldens
+        if self._consumer is None:
+            from harness.manifest import producer_info
+
+            self._consumer = producer_info()
+        return self._consumer
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if "[" not in report.nodeid:
-            return
-        param = report.nodeid.rsplit("[", 1)[1].rstrip("]")
-        if param.count("/") != 4:
+        props = dict(report.user_properties)
+        check_id = props.get(rs.CHECK_ID_PROPERTY)
+        if check_id is None:
             return
         outcome = report.outcome
-        props = dict(report.user_properties)
         if hasattr(report, "wasxfail"):
             outcome = "xfail" if report.skipped else "xpass"
         elif report.failed and props.get("qbc_known_break_fixed"):
             outcome = "xpass"  # the check passed; its known break no longer happens
-        if report.when == "call" or outcome in ("failed", "skipped", "xfail"):
-            if (
-                report.when != "call"
-                and param in self.rows
-                and self.rows[param]["outcome"] != "passed"
-            ):
-                return
-            message = ""
-            if report.failed:
-                message = (
-                    str(report.longrepr.reprcrash.message)
-                    if hasattr(report.longrepr, "reprcrash")
-                    else str(report.longrepr)
-                )
-            elif hasattr(report, "wasxfail"):
-                # "known break <name>: <reason>": the break matched what its entry says
-                message = report.wasxfail.removeprefix("reason: ")
-            elif report.skipped and isinstance(report.longrepr, tuple):
-                message = report.longrepr[2]
-            self.rows[param] = {
-                "id": param,
-                "outcome": outcome,
-                "message": message,
-                "duration": report.duration,
-                # which consumer ran the check, and the drift numbers (max error in steps,
-                # mismatched elements, SQNR) the test recorded: the report's inputs
-                "consumer": self.consumer,
-                "drift": props.get("qbc_drift", {}),
-                # warnings raised while the check ran: recorded, never judged
-                "warnings": props.get("qbc_warnings", []),
-            }
-            if props.get("qbc_known_break"):
-                self.rows[param]["known_break"] = props["qbc_known_break"]
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.path.write_text(
-            json.dumps(sorted(self.rows.values(), key=lambda r: r["id"]), indent=1)
+        if report.when != "call" and outcome not in ("failed", "skipped", "xfail"):
+            return
+        previous = self.results.get(check_id)
+        if report.when != "call" and previous is not None and previous.outcome != "passed":
+            return  # a teardown error does not hide the failure the call already had
+        fields: dict[str, Any] = {
+            name: props[prop] for prop, name in rs.PROPERTY_FIELDS.items() if prop in props
+        }
+        self.results[check_id] = rs.CheckResult.from_id(
+            check_id,
+            outcome,
+            message=_message(report),
+            duration=report.duration,
+            consumer=self.consumer,
+            **fields,
         )
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        rs.write_results(self.path, self.results.values())
 
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        # Each xdist worker is one process per core already; intra-op threads would only fight
-        # over the same cores (the models are tiny, so no kernel parallelizes usefully). Through
-        # the environment while torch is not imported yet: a run that never needs torch (this
-        # plugin is active in every pytest run of the environment) does not pay for importing it.
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
-        else:
-            os.environ.setdefault("OMP_NUM_THREADS", "1")
-    results = config.getoption("--qbc-results", default=None)
-    # Only the controller (not xdist workers) writes the results file.
-    if results and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_Results(Path(results)), "qbc-results")
+
+def _message(report: pytest.TestReport) -> str:
+    if report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        return str(crash.message) if crash is not None else str(report.longrepr)
+    if hasattr(report, "wasxfail"):
+        # "known break <name>: <reason>": the break happened the way its entry says
+        return str(report.wasxfail).removeprefix("reason: ")
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    return ""

@@ -1,11 +1,15 @@
-"""Reports: compatibility matrix, numeric drift and coverage, as Markdown, HTML or JSON.
+"""Reports: compatibility matrix, what broke and why, numeric drift and coverage.
 
-Input is the list of check outcomes written by the pytest plugin (``--qbc-results``): one row
-per ``<subject>/<producer>/<engine>/<case>/<format>`` with outcome, message, drift numbers and
-the consumer that ran it. Several result files (one per consumer torch release) combine into one
-matrix producer x consumer x format per subject and engine. Markdown output is deterministic
-(sorted, no timestamps or durations), so ``docs/compatibility.md`` can be regenerated and
-compared byte for byte.
+Input is the check results the pytest plugin writes (``--qbc-results``): one
+:class:`harness.results.CheckResult` per ``<subject>/<producer>/<engine>/<case>/<format>``,
+with outcome, message, drift numbers and the consumer that ran it (JSON rows are converted on
+entry). Several results files (one per consumer torch release) combine into one matrix
+producer x consumer x format per subject and engine.
+
+Every page starts with the matrix, then what broke grouped by cause, then drift (the HTML page
+plots every numeric check, failed ones against their policy limit, on a log scale), then
+coverage. Markdown output is deterministic (sorted, no timestamps or durations), so
+``docs/compatibility.md`` can be regenerated and compared byte for byte.
 """
 
 from __future__ import annotations
@@ -14,24 +18,24 @@ import html
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.formats import format_names, get_format
 from harness.manifest import parse_producer, producer_id, producer_info
+from harness.results import WARNING_FIELDS, CheckResult, as_results
 from harness.store import iter_goldens
+
+Rows = Iterable[CheckResult | Mapping[str, Any]]
 
 SYMBOL = {"passed": "ok", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
 
 
-def split_id(cid: str) -> tuple[str, str, str, str, str]:
-    subject, producer, engine, case, fmt = cid.split("/")
-    return subject, producer, engine, case, fmt
-
-
-def consumer_of(row: dict[str, Any]) -> dict[str, str]:
+def consumer_of(row: CheckResult) -> Mapping[str, str]:
     """The consumer that produced a row; rows written before rows named it are today's."""
-    return row.get("consumer") or producer_info()
+    return row.consumer or producer_info()
 
 
 def _version_key(pid: str) -> tuple[Any, ...]:
@@ -40,22 +44,21 @@ def _version_key(pid: str) -> tuple[Any, ...]:
     return (release, qbc, pid)
 
 
-def matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def matrix(rows: Rows) -> dict[str, Any]:
     """(subject, engine, producer, consumer) x format -> outcome counts, plus the consumers."""
     cells: dict[tuple[str, str, str, str], dict[str, dict[str, int]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(int))
     )
-    consumers: dict[str, dict[str, str]] = {}
-    for row in rows:
-        subject, producer, engine, _case, fmt = split_id(row["id"])
-        info = consumer_of(row)
+    consumers: dict[str, Mapping[str, str]] = {}
+    for r in as_results(rows):
+        info = consumer_of(r)
         consumers[info["id"]] = info
-        cells[(subject, engine, producer, info["id"])][fmt][row["outcome"]] += 1
+        cells[(r.subject, r.engine, r.producer, info["id"])][r.format][r.outcome] += 1
     ordered = sorted(consumers, key=_version_key)
     return {
         # one label for the single-consumer case (``qbc verify``'s header)
         "consumer": ", ".join(ordered) or producer_id(),
-        "consumers": [consumers[c] for c in ordered],
+        "consumers": [dict(consumers[c]) for c in ordered],
         "rows": [
             {
                 "subject": s,
@@ -72,32 +75,50 @@ def matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def drift(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def drift(rows: Rows) -> list[dict[str, Any]]:
     """Checks that passed with a nonzero error (within policy), worst first (ties by id)."""
     out = [
-        {"id": r["id"], "consumer": consumer_of(r)["id"], **r["drift"]}
-        for r in rows
-        if r.get("drift")
-        and (r["drift"].get("max_steps", 0) > 0 or r["drift"].get("mismatched", 0) > 0)
+        {"id": r.id, "consumer": consumer_of(r)["id"], **r.drift}
+        for r in as_results(rows)
+        if r.outcome == "passed"
+        and (r.drift.get("max_steps", 0) > 0 or r.drift.get("mismatched", 0) > 0)
     ]
     return sorted(out, key=lambda d: (-d.get("max_steps", 0), d["id"], d["consumer"]))
 
 
-def drift_points(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """Max error in quantization steps per (case, producer), over engines, formats, consumers.
+@dataclass(frozen=True)
+class DriftPoint:
+    """The worst numeric check of one (case, producer), among the passed or the failed ones."""
 
-    A case is named ``<subject>/<case>`` (both subjects have a ``linear``). Only checks that
-    recorded numbers count (numeric checks that passed); a point of 0 means bit-exact.
+    case: str  # ``<subject>/<case>``: both subjects have a ``linear``
+    producer: str
+    steps: float
+    limit: float | None  # the policy's max_steps for that check (None: not recorded)
+    failed: bool
+    check: str  # the id of the worst check
+
+
+def drift_points(rows: Rows) -> list[DriftPoint]:
+    """Max error in quantization steps per (case, producer) over engines, formats and consumers,
+    one point for the checks that passed and one for those that failed.
+
+    Only checks that recorded numbers count (numeric checks); a point of 0 means bit-exact.
     """
-    points: dict[tuple[str, str], float] = {}
-    for r in rows:
-        steps = (r.get("drift") or {}).get("max_steps")
+    worst: dict[tuple[str, str, bool], DriftPoint] = {}
+    for r in as_results(rows):
+        steps = r.drift.get("max_steps")
         if steps is None:
             continue
-        subject, producer, _engine, case, _fmt = split_id(r["id"])
-        key = (f"{subject}/{case}", producer)
-        points[key] = max(points.get(key, 0.0), float(steps))
-    return points
+        key = (f"{r.subject}/{r.case}", r.producer, r.bad)
+        point = DriftPoint(*key[:2], float(steps), r.drift.get("limit_steps"), r.bad, r.id)
+        have = worst.get(key)
+        if have is None or _worse(point.steps, have.steps):
+            worst[key] = point
+    return sorted(worst.values(), key=lambda p: (p.case, _version_key(p.producer), p.failed))
+
+
+def _worse(a: float, b: float) -> bool:
+    return (math.isnan(a) and not math.isnan(b)) or a > b
 
 
 def store_coverage(store: Path) -> dict[str, Any]:
@@ -120,29 +141,94 @@ def store_coverage(store: Path) -> dict[str, Any]:
     }
 
 
-def breaks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+_RANK = {"failed": 0, "xpass": 1, "xfail": 2}
+
+
+def breaks(rows: Rows) -> list[dict[str, Any]]:
     """What broke and why: failed, unexpectedly passing (xpass) and known-break (xfail) checks,
-    grouped by (consumer, outcome, message) with the check ids, regressions first."""
-    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for r in rows:
-        if r["outcome"] in ("failed", "xpass", "xfail"):
-            reason = " / ".join(x.strip() for x in (r.get("message") or "").splitlines() if x)
-            groups[(consumer_of(r)["id"], r["outcome"], reason)].append(r["id"])
-    rank = {"failed": 0, "xpass": 1, "xfail": 2}
-    return [
-        {"consumer": c, "outcome": o, "reason": m, "checks": sorted(ids)}
-        for (c, o, m), ids in sorted(
-            groups.items(), key=lambda kv: (rank[kv[0][1]], _version_key(kv[0][0]), kv[0][2])
+    grouped by (consumer, outcome, cause), regressions first, with the check ids and the worst
+    drift of the group (max steps and that check's limit)."""
+    groups: dict[tuple[str, str, str], list[CheckResult]] = defaultdict(list)
+    for r in as_results(rows):
+        if r.outcome in _RANK:
+            groups[(consumer_of(r)["id"], r.outcome, r.cause)].append(r)
+    out = []
+    for (c, o, cause), members in sorted(
+        groups.items(), key=lambda kv: (_RANK[kv[0][1]], _version_key(kv[0][0]), kv[0][2])
+    ):
+        numeric = [m for m in members if "max_steps" in m.drift]
+        entry: dict[str, Any] = {
+            "consumer": c,
+            "outcome": o,
+            "reason": cause,
+            "checks": sorted(m.id for m in members),
+        }
+        if numeric:
+            top = max(numeric, key=lambda m: m.drift["max_steps"])
+            entry["max_steps"] = top.drift["max_steps"]
+            entry["limit_steps"] = top.drift.get("limit_steps")
+        out.append(entry)
+    return out
+
+
+def failure_groups(rows: Rows) -> list[dict[str, Any]]:
+    """Regressions (failed, xpass) grouped by (subject, engine, case, cause), for the compact
+    summary ``qbc verify`` prints last: which producers and formats, and the worst drift."""
+    groups: dict[tuple[str, str, str, str], list[CheckResult]] = defaultdict(list)
+    for r in as_results(rows):
+        if r.bad:
+            cause = r.cause if r.outcome == "failed" else "a known break passes (XPASS)"
+            groups[(r.subject, r.engine, r.case, cause)].append(r)
+    out = []
+    for (subject, engine, case, cause), members in sorted(groups.items()):
+        steps = [m.drift["max_steps"] for m in members if "max_steps" in m.drift]
+        limits = [m.drift["limit_steps"] for m in members if "limit_steps" in m.drift]
+        out.append(
+            {
+                "subject": subject,
+                "engine": engine,
+                "case": case,
+                "cause": cause,
+                "checks": sorted(m.id for m in members),
+                "producers": sorted({m.producer for m in members}, key=_version_key),
+                "formats": sorted({m.format for m in members}),
+                "max_steps": max(steps) if steps else None,
+                "limit_steps": max(limits) if limits else None,
+            }
         )
-    ]
+    return out
+
+
+def render_failure_groups(groups: list[dict[str, Any]]) -> str:
+    """One line per group: ``FAILED subject/engine/case: cause (n checks: formats; producers)``."""
+    lines = []
+    for g in groups:
+        worst = ""
+        if g["max_steps"] is not None:
+            limit = (
+                f" (limit {_fmt_steps(g['limit_steps'])})" if g["limit_steps"] is not None else ""
+            )
+            worst = f"; worst {_fmt_steps(g['max_steps'])} steps{limit}"
+        n = len(g["checks"])
+        lines.append(
+            f"FAILED {g['subject']}/{g['engine']}/{g['case']}: {g['cause']} "
+            f"({n} check{'s' * (n != 1)}: {', '.join(g['formats'])} of "
+            f"{', '.join(g['producers'])}{worst})"
+        )
+    return "\n".join(lines)
 
 
 def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
-    """For the producer (default: current): which case x engine x format has a golden, what is
-    missing against today's case table, and which goldens belong to no current case."""
-    from harness.subjects import all_cases, get_subject
+    """For a producer (default: today's of the built-in subjects): which case x engine x format
+    has a golden, what is missing against today's case table of the subjects that producer
+    writes (qbc's own, or the one plug-in its id names), and which goldens belong to no current
+    case."""
+    from harness.manifest import producer_parts
+    from harness.subjects import get_subject, subject_names
 
     producer = producer or producer_id()
+    plugin = producer_parts(producer).subject
+    names = [plugin] if plugin else subject_names(builtin=True)
     have = {
         (g.subject, g.engine, g.case, f)
         for g in iter_goldens(store)
@@ -150,11 +236,12 @@ def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
         for f in g.formats
     }
     want = set()
-    for case in all_cases():
-        subject = get_subject(case.subject)
-        for engine in case.engines or subject.engines():
-            if subject.unavailable_reason(engine) is None:
-                want.update((case.subject, engine, case.name, f) for f in case.formats_for(engine))
+    for name in names:
+        subject = get_subject(name)
+        for case in subject.cases():
+            for engine in case.engines or subject.engines():
+                if subject.unavailable_reason(engine) is None:
+                    want.update((name, engine, case.name, f) for f in case.formats_for(engine))
     return {
         "producer": producer,
         "covered": len(have & want),
@@ -164,7 +251,7 @@ def coverage(store: Path, producer: str | None = None) -> dict[str, Any]:
     }
 
 
-def producer_consumer(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def producer_consumer(rows: Rows) -> tuple[list[str], list[list[str]]]:
     """One row per (subject, producer), one column per consumer: every check of that producer's
     goldens run by that consumer, counted by outcome (``ok 990`` when all passed; a known break
     shows as ``xfail N`` with its reason under "What broke and why")."""
@@ -172,11 +259,10 @@ def producer_consumer(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[
         lambda: defaultdict(lambda: defaultdict(int))
     )
     consumers: set[str] = set()
-    for r in rows:
-        subject, producer, *_ = split_id(r["id"])
+    for r in as_results(rows):
         consumer = consumer_of(r)["id"]
         consumers.add(consumer)
-        cells[(subject, producer)][consumer][r["outcome"]] += 1
+        cells[(r.subject, r.producer)][consumer][r.outcome] += 1
     ordered = sorted(consumers, key=_version_key)
     head = ["subject", "producer ↓ / consumer →", *ordered]
     body = [
@@ -210,13 +296,17 @@ def _matrix_table(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def render_text(m: dict[str, Any]) -> str:
-    """Plain-text compatibility matrix (what ``qbc verify`` prints)."""
+    """Plain-text compatibility matrix (what ``qbc verify`` prints). With one consumer, its
+    column is left out (the header names it)."""
     head, table = _matrix_table(m)
+    if len(m["consumers"]) <= 1:
+        head, table = head[:3] + head[4:], [row[:3] + row[4:] for row in table]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table, strict=False)]
     lines = [f"compatibility matrix (consumer {m['consumer']}; cells: outcome count per golden)"]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)).rstrip())
     lines += [
-        "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)) for row in table
+        "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+        for row in table
     ]
     return "\n".join(lines)
 
@@ -249,106 +339,161 @@ def _coverage_table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def _fmt_steps(x: float) -> str:
+def _fmt_steps(x: float | None) -> str:
+    if x is None:
+        return "-"
     return f"{x:.4g}" if math.isfinite(x) else str(x)
 
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+FAILED_COLOUR = "#d62728"
 
 
-def drift_svg(points: dict[tuple[str, str], float]) -> str:
-    """Inline SVG scatter: x = case, y = max error in quantization steps, one colour per producer.
+def drift_svg(points: list[DriftPoint]) -> str:
+    """Inline SVG scatter: x = case, y = max error in quantization steps on a log scale.
 
-    One ``<circle class="mark">`` per (case, producer) point, with its numbers in ``data-*``
-    attributes and a ``<title>`` tooltip. y is linear from 0 to max(1, worst finite point);
-    a non-finite point is drawn at the top in black.
+    One ``<circle class="mark">`` per point (class ``mark failed`` for failed checks, drawn
+    larger in red), with its numbers in ``data-*`` attributes and a ``<title>`` tooltip; passed
+    points take one colour per producer. A point's policy limit, when above 0, is a short
+    horizontal dash at its height in the point's column. Bit-exact points (0 steps) sit on a
+    band below the axis labelled 0; a non-finite point is drawn at the top in black.
     """
-    cases = sorted({c for c, _ in points})
-    producers = sorted({p for _, p in points}, key=_version_key)
-    finite = [v for v in points.values() if math.isfinite(v)]
-    top = max([1.0, *finite])
-    left, right, plot_h, pad_top, step = 60, 220, 240, 20, 14
+    cases = sorted({p.case for p in points})
+    producers = sorted({p.producer for p in points}, key=_version_key)
+    positive = [
+        v
+        for p in points
+        for v in (p.steps, p.limit or 0.0)
+        if v is not None and math.isfinite(v) and v > 0
+    ]
+    lo = math.floor(math.log10(min(positive))) if positive else -3
+    hi = math.ceil(math.log10(max(positive))) if positive else 0
+    hi = max(hi, lo + 1)
+    left, right, plot_h, pad_top, step = 70, 230, 260, 20, 14
     width = left + step * max(len(cases), 1) + right
-    height = pad_top + plot_h + 200  # room for rotated case labels
+    zero_y = pad_top + plot_h + 16  # the band of bit-exact points, below the axis
+    height = zero_y + 210  # room for rotated case labels
     y0 = pad_top + plot_h
 
     def y(v: float) -> float:
-        return y0 - (min(v, top) / top) * plot_h if math.isfinite(v) else pad_top
+        if not math.isfinite(v):
+            return pad_top - 8
+        if v <= 0:
+            return zero_y
+        frac = (math.log10(v) - lo) / (hi - lo)
+        return y0 - min(max(frac, 0.0), 1.0) * plot_h
+
+    def x(p: DriftPoint) -> float:
+        # producers side by side inside a case's column, so equal values do not hide each other
+        offset = (producers.index(p.producer) - (len(producers) - 1) / 2) * 3
+        return left + step * cases.index(p.case) + step / 2 + offset
 
     out = [
         f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
-        "aria-label='max error in quantization steps per case and producer'>",
+        "aria-label='max error in quantization steps per case and producer, log scale'>",
         f"<line x1='{left}' y1='{y0}' x2='{left + step * len(cases)}' y2='{y0}' stroke='#000'/>",
         f"<line x1='{left}' y1='{pad_top}' x2='{left}' y2='{y0}' stroke='#000'/>",
     ]
-    for frac in (0.0, 0.5, 1.0):
-        v = top * frac
+    for decade in range(lo, hi + 1):
+        v = 10.0**decade
         out.append(
+            f"<line x1='{left}' y1='{y(v):.1f}' x2='{left + step * len(cases)}' y2='{y(v):.1f}' "
+            "stroke='#ddd'/>"
             f"<text x='{left - 6}' y='{y(v) + 4:.1f}' text-anchor='end' font-size='10'>"
             f"{_fmt_steps(v)}</text>"
         )
     out.append(
+        f"<text x='{left - 6}' y='{zero_y + 4}' text-anchor='end' font-size='10'>0 (exact)</text>"
+    )
+    out.append(
         f"<text x='14' y='{pad_top + plot_h / 2}' font-size='11' "
         f"transform='rotate(-90 14 {pad_top + plot_h / 2})' text-anchor='middle'>"
-        "max error (steps)</text>"
+        "max error (quantization steps, log)</text>"
     )
     for i, case in enumerate(cases):
-        x = left + step * i + step / 2
+        cx = left + step * i + step / 2
         out.append(
-            f"<text x='{x}' y='{y0 + 10}' font-size='9' transform='rotate(60 {x} {y0 + 10})'>"
-            f"{html.escape(case)}</text>"
+            f"<text x='{cx}' y='{zero_y + 12}' font-size='9' "
+            f"transform='rotate(60 {cx} {zero_y + 12})'>{html.escape(case)}</text>"
         )
-    # producers side by side inside a case's column, so equal values do not hide each other
-    offset = {p: (j - (len(producers) - 1) / 2) * 3 for j, p in enumerate(producers)}
-    for (case, producer), v in sorted(points.items()):
-        x = left + step * cases.index(case) + step / 2 + offset[producer]
-        colour = PALETTE[producers.index(producer) % len(PALETTE)] if math.isfinite(v) else "#000"
+    for p in points:
+        if p.limit is not None and math.isfinite(p.limit) and p.limit > 0:
+            out.append(
+                f"<line class='limit' x1='{x(p) - 5:.1f}' y1='{y(p.limit):.1f}' "
+                f"x2='{x(p) + 5:.1f}' y2='{y(p.limit):.1f}' stroke='#555' stroke-width='1.5'/>"
+            )
+    for p in sorted(points, key=lambda p: p.failed):  # failed marks drawn last, on top
+        if not math.isfinite(p.steps):
+            colour = "#000"
+        elif p.failed:
+            colour = FAILED_COLOUR
+        else:
+            colour = PALETTE[producers.index(p.producer) % len(PALETTE)]
+        limit = f", limit {_fmt_steps(p.limit)}" if p.limit is not None else ""
+        status = "FAILED" if p.failed else "passed"
+        stroke = " stroke='#000'" if p.failed else ""
         out.append(
-            f"<circle class='mark' cx='{x:.1f}' cy='{y(v):.1f}' r='3' fill='{colour}' "
-            f"data-case='{html.escape(case)}' data-producer='{html.escape(producer)}' "
-            f"data-steps='{_fmt_steps(v)}'><title>{html.escape(case)} "
-            f"{html.escape(producer)}: {_fmt_steps(v)} steps</title></circle>"
+            f"<circle class='mark{' failed' if p.failed else ''}' cx='{x(p):.1f}' "
+            f"cy='{y(p.steps):.1f}' r='{4.5 if p.failed else 3}' fill='{colour}'"
+            f"{stroke} "
+            f"data-case='{html.escape(p.case)}' data-producer='{html.escape(p.producer)}' "
+            f"data-steps='{_fmt_steps(p.steps)}' data-limit='{_fmt_steps(p.limit)}' "
+            f"data-failed='{str(p.failed).lower()}'><title>{html.escape(p.check)}: "
+            f"{_fmt_steps(p.steps)} steps{limit} ({status})</title></circle>"
         )
     lx = left + step * len(cases) + 20
-    for j, p in enumerate(producers):
+    legend = [(p, PALETTE[j % len(PALETTE)]) for j, p in enumerate(producers)]
+    legend.append(("failed check", FAILED_COLOUR))
+    for j, (label, colour) in enumerate(legend):
         out.append(
-            f"<circle cx='{lx}' cy='{pad_top + 14 * j}' r='4' fill='{PALETTE[j % len(PALETTE)]}'/>"
-            f"<text x='{lx + 8}' y='{pad_top + 14 * j + 4}' font-size='11'>{html.escape(p)}</text>"
+            f"<circle cx='{lx}' cy='{pad_top + 14 * j}' r='4' fill='{colour}'/>"
+            f"<text x='{lx + 8}' y='{pad_top + 14 * j + 4}' font-size='11'>"
+            f"{html.escape(label)}</text>"
         )
+    j = len(legend)
+    out.append(
+        f"<line x1='{lx - 5}' y1='{pad_top + 14 * j}' x2='{lx + 5}' y2='{pad_top + 14 * j}' "
+        f"stroke='#555' stroke-width='1.5'/><text x='{lx + 8}' y='{pad_top + 14 * j + 4}' "
+        "font-size='11'>policy limit</text>"
+    )
     out.append("</svg>")
     return "\n".join(out)
 
 
-def compact_results(rows: list[dict[str, Any]]) -> str:
+def compact_results(rows: Rows) -> str:
     """One consumer's rows in the compact form committed under docs/compat/: the consumer once,
     the distinct warnings once (``warnings``: origin, category, message), then per row only what
     the report reads (id, outcome, reason, known break, drift; a bit-exact check keeps only
-    ``max_steps`` 0; ``w``: indexes of its warnings), one row per line, sorted by id."""
-    consumers = {json.dumps(consumer_of(r), sort_keys=True) for r in rows}
+    ``max_steps`` 0; ``w``: indexes of its warnings), one row per line, sorted by id.
+    :func:`harness.results.read_results` reads it back."""
+    results = as_results(rows)
+    consumers = {json.dumps(dict(consumer_of(r)), sort_keys=True) for r in results}
     if len(consumers) != 1:
         raise ValueError(f"compact results hold one consumer; these rows have {len(consumers)}")
-    table = sorted({_warning_key(w) for r in rows for w in r.get("warnings") or []})
+    table = sorted({_warning_key(w) for r in results for w in r.warnings})
     index = {w: i for i, w in enumerate(table)}
 
-    def slim(r: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": r["id"], "outcome": r["outcome"]}
-        if r.get("message"):
-            out["message"] = r["message"]
-        if r.get("known_break"):
-            out["known_break"] = r["known_break"]
-        d = r.get("drift") or {}
+    def slim(r: CheckResult) -> dict[str, Any]:
+        full = r.to_dict()
+        out: dict[str, Any] = {"id": r.id, "outcome": r.outcome}
+        if r.message:
+            out["message"] = r.message
+        if r.known_break:
+            out["known_break"] = r.known_break
+        d = full.get("drift") or {}
         if d:
             exact = not d.get("max_steps") and not d.get("mismatched")
             out["drift"] = {"max_steps": d.get("max_steps", 0)} if exact else d
-        if r.get("warnings"):
-            out["w"] = sorted({index[_warning_key(w)] for w in r["warnings"]})
+        if r.warnings:
+            out["w"] = sorted({index[_warning_key(w)] for w in r.warnings})
         return out
 
     body = ",\n".join(
-        json.dumps(slim(r), separators=(",", ":")) for r in sorted(rows, key=lambda r: r["id"])
+        json.dumps(slim(r), separators=(",", ":"), allow_nan=False)
+        for r in sorted(results, key=lambda r: r.id)
     )
     warnings = ",\n".join(
-        json.dumps(dict(zip(_WARNING_FIELDS, w, strict=True)), separators=(",", ":")) for w in table
+        json.dumps(dict(zip(WARNING_FIELDS, w, strict=True)), separators=(",", ":")) for w in table
     )
     head = f'{{"consumer":{consumers.pop()},\n'
     if table:  # a run without warnings keeps the form it had before warnings were recorded
@@ -356,45 +501,43 @@ def compact_results(rows: list[dict[str, Any]]) -> str:
     return f'{head}"rows":[\n{body}\n]}}\n'
 
 
-#: what identifies a recorded warning in reports (its line number is left out: it moves
-#: between torch patch releases while the warning stays the same)
-_WARNING_FIELDS = ("origin", "category", "message")
+def _warning_key(w: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(w[k]) for k in WARNING_FIELDS)
 
 
-def _warning_key(w: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(w[k]) for k in _WARNING_FIELDS)
-
-
-def expand_compact(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of a compact results file, each with its consumer and its warnings spelled out."""
-    table = data.get("warnings", [])
-    rows = []
-    for r in data["rows"]:
-        row = {"consumer": data["consumer"], **{k: v for k, v in r.items() if k != "w"}}
-        if "w" in r:
-            row["warnings"] = [table[i] for i in r["w"]]
-        rows.append(row)
-    return rows
-
-
-def warning_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def warning_summary(rows: Rows) -> list[dict[str, Any]]:
     """Warnings raised while goldens loaded and ran, per consumer: who said what, in how many
     checks (recorded, never judged), most frequent first."""
     checks: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
-    for r in rows:
-        for w in {_warning_key(w) for w in r.get("warnings") or []}:
-            checks[(consumer_of(r)["id"], w)].append(r["id"])
+    for r in as_results(rows):
+        for w in {_warning_key(w) for w in r.warnings}:
+            checks[(consumer_of(r)["id"], w)].append(r.id)
     return [
-        {"consumer": c, **dict(zip(_WARNING_FIELDS, w, strict=True)), "checks": sorted(ids)}
+        {"consumer": c, **dict(zip(WARNING_FIELDS, w, strict=True)), "checks": sorted(ids)}
         for (c, w), ids in sorted(
             checks.items(), key=lambda kv: (_version_key(kv[0][0]), -len(kv[1]), kv[0][1])
         )
     ]
 
 
-def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
-    """The report as ``md``, ``html`` or ``json``; md and html depend only on rows and store."""
-    m, d, br = matrix(rows), drift(rows), breaks(rows)
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as strings, so the JSON report is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def render(fmt: str, rows: Rows, store: Path) -> str:
+    """The report as ``md``, ``html``, ``json`` or ``results``; md and html depend only on the
+    rows and the store."""
+    results = as_results(rows)
+    if fmt == "results":
+        return compact_results(results)
+    m, d, br = matrix(results), drift(results), breaks(results)
     code_formats = [f for f in format_names() if get_format(f).runs_code_on_load]
     # Checks whose golden file is loaded with code execution (package, and a case's declared
     # trusted loads): the manifest flags them; they run only after the file's hash matched.
@@ -404,22 +547,24 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
         for f, entry in g.manifest["files"].items()
         if entry.get("runs_code_on_load")
     )
-    if fmt == "results":
-        return compact_results(rows)
     if fmt == "json":
         return json.dumps(
-            {
-                "matrix": m,
-                "drift": d,
-                "coverage": coverage(store),
-                "store_coverage": store_coverage(store),
-                "breaks": br,
-                "warnings": warning_summary(rows),
-                "failures": [r for r in rows if r["outcome"] in ("failed", "xpass")],
-                "runs_code_on_load": code_formats,
-                "runs_code_on_load_checks": code_checks,
-            },
+            _json_safe(
+                {
+                    "matrix": m,
+                    "breaks": br,
+                    "drift": d,
+                    "drift_points": [p.__dict__ for p in drift_points(results)],
+                    "coverage": coverage(store),
+                    "store_coverage": store_coverage(store),
+                    "warnings": warning_summary(results),
+                    "failures": [r.to_dict() for r in results if r.bad],
+                    "runs_code_on_load": code_formats,
+                    "runs_code_on_load_checks": code_checks,
+                }
+            ),
             indent=1,
+            allow_nan=False,
         )
     sc = store_coverage(store)
     head, body = _matrix_table(m)
@@ -430,6 +575,11 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             SYMBOL[b["outcome"]],
             str(len(b["checks"])),
             b["reason"],
+            (
+                f"{_fmt_steps(b['max_steps'])} (limit {_fmt_steps(b['limit_steps'])})"
+                if "max_steps" in b
+                else "-"
+            ),
             _short(b["checks"]),
         ]
         for b in br
@@ -453,42 +603,47 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             str(len(w["checks"])),
             _short(w["checks"], 3),
         ]
-        for w in warning_summary(rows)
+        for w in warning_summary(results)
     ]
     cov_head, cov_body = _coverage_table(sc)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in rows:
-        counts[consumer_of(r)["id"]][r["outcome"]] += 1
+    for r in results:
+        counts[consumer_of(r)["id"]][r.outcome] += 1
     summary = [
         [c, *[str(counts[c].get(o, 0)) for o in ("passed", "failed", "xfail", "xpass", "skipped")]]
         for c in sorted(counts, key=_version_key)
     ]
+    matrix_title = "Compatibility matrix (cells: outcome count per golden)"
+    drift_title = "Numeric drift within policy"
     sections: list[tuple[str, list[str], list[list[str]]]] = [
-        ("Consumers", ["consumer", "torch", "qbc", "python"], consumer_rows),
-        ("Summary", ["consumer", "passed", "failed", "xfail", "xpass", "skipped"], summary),
-        ("Producer × consumer (cells: outcome count over every check)", *producer_consumer(rows)),
-        ("Compatibility matrix (cells: outcome count per golden)", head, body),
         (
-            "What broke and why",
-            ["consumer", "outcome", "checks", "reason", "check ids"],
+            "Producer × consumer (cells: outcome count over every check)",
+            *producer_consumer(results),
+        ),
+        (matrix_title, head, body),
+        (
+            "What broke and why (grouped by cause)",
+            ["consumer", "outcome", "checks", "cause", "worst steps", "check ids"],
             break_rows,
         ),
+        (drift_title, ["check", "consumer", "max steps", "mismatched", "min SQNR dB"], drift_rows),
         (
             "Warnings raised while goldens loaded and ran (recorded, not judged)",
             ["consumer", "raised at", "category", "message", "checks", "e.g."],
             warning_rows,
         ),
-        (
-            "Numeric drift within policy",
-            ["check", "consumer", "max steps", "mismatched", "min SQNR dB"],
-            drift_rows,
-        ),
+        ("Summary", ["consumer", "passed", "failed", "xfail", "xpass", "skipped"], summary),
+        ("Consumers", ["consumer", "torch", "qbc", "python"], consumer_rows),
         ("Coverage: formats per golden and producer", cov_head, cov_body),
+        (
+            "Checks that run code on load",
+            ["check"],
+            [[c] for c in code_checks],
+        ),
     ]
     note = (
-        f"Formats whose loader runs code from the golden: {', '.join(code_formats)}. "
-        f"Checks that run code on load (only after the file's sha256 matched its manifest): "
-        f"{', '.join(code_checks) or 'none'}."
+        f"Formats whose loader runs code from the golden: {', '.join(code_formats)}; such "
+        "checks load only after the file's sha256 matched its manifest (last table)."
     )
     legend = (
         "Outcomes: ok = passed, FAIL = regression, xfail = known break (reason below), "
@@ -499,7 +654,7 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             "Generated by `qbc report --format md` from `qbc verify --json` results "
             "(one file per consumer); do not edit by hand, regenerate."
         )
-        out = ["# qbc report", "", generated, "", note, "", legend, ""]
+        out = ["# qbc report", "", generated, "", legend, "", note, ""]
         for title, head_, rows_ in sections:
             out += [f"## {title}", ""]
             if not rows_:
@@ -511,34 +666,49 @@ def render(fmt: str, rows: list[dict[str, Any]], store: Path) -> str:
             out.append("")
         return "\n".join(out)
     if fmt == "html":
-        # One self-contained file: inline style and SVG, no script, no external reference.
-        out = [
-            "<!doctype html><html><head><meta charset='utf-8'><title>qbc report</title>",
-            "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
-            "td,th{border:1px solid #999;padding:2px 6px}td.bad{background:#fcc}"
-            "td.known{background:#ffe9b3}</style></head><body>",
-            "<h1>qbc report</h1>",
-            f"<p>{html.escape(note)}</p>",
-            f"<p>{html.escape(legend)}</p>",
-        ]
-        ids = {"Compatibility matrix (cells: outcome count per golden)": " id='matrix'"}
-        for title, head_, rows_ in sections:
-            if title.startswith("Numeric drift"):
-                out.append("<h2>Drift: max error in quantization steps per case and producer</h2>")
-                out.append(drift_svg(drift_points(rows)))
-            out.append(
-                f"<h2>{html.escape(title)}</h2><table{ids.get(title, '')}><tr>"
-                + "".join(f"<th>{html.escape(h)}</th>" for h in head_)
-                + "</tr>"
-            )
-            for r in rows_:
-                tds = []
-                for x in r:
-                    cls = " class='bad'" if ("FAIL" in x or "XPASS" in x) else ""
-                    cls = cls or (" class='known'" if x.startswith("xfail") else "")
-                    tds.append(f"<td{cls}>{html.escape(str(x))}</td>")
-                out.append("<tr>" + "".join(tds) + "</tr>")
-            out.append("</table>")
-        out.append("</body></html>")
-        return "\n".join(out)
+        return _html(sections, matrix_title, drift_title, legend, note, drift_points(results))
     raise ValueError(f"unknown report format {fmt!r}; known: md, html, json, results")
+
+
+def _html(
+    sections: list[tuple[str, list[str], list[list[str]]]],
+    matrix_title: str,
+    drift_title: str,
+    legend: str,
+    note: str,
+    points: list[DriftPoint],
+) -> str:
+    # One self-contained file: inline style and SVG, no script, no external reference.
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>qbc report</title>",
+        "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #999;padding:2px 6px}td.bad{background:#fcc}"
+        "td.known{background:#ffe9b3}</style></head><body>",
+        "<h1>qbc report</h1>",
+        f"<p>{html.escape(legend)}</p>",
+    ]
+    ids = {matrix_title: " id='matrix'"}
+    for title, head_, rows_ in sections:
+        if title == drift_title:
+            out.append(
+                "<h2>Drift: max error in quantization steps per case and producer "
+                "(failed checks in red, against their policy limit)</h2>"
+            )
+            out.append(drift_svg(points))
+        if title.startswith("Checks that run code"):
+            out.append(f"<p>{html.escape(note)}</p>")
+        out.append(
+            f"<h2>{html.escape(title)}</h2><table{ids.get(title, '')}><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head_)
+            + "</tr>"
+        )
+        for r in rows_:
+            tds = []
+            for x in r:
+                cls = " class='bad'" if ("FAIL" in x or "XPASS" in x) else ""
+                cls = cls or (" class='known'" if x.startswith("xfail") else "")
+                tds.append(f"<td{cls}>{html.escape(str(x))}</td>")
+            out.append("<tr>" + "".join(tds) + "</tr>")
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)

@@ -39,6 +39,7 @@ from harness.formats import LoadContext, get_format
 from harness.graphsig import section
 from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_failure
 from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
+from harness.results import CHECK_ID_PROPERTY, DRIFT_PROPERTY
 from harness.store import Golden, iter_goldens
 from harness.subjects import check_engine, get_case, get_subject
 
@@ -150,6 +151,7 @@ def _load_failure(
 def precheck(item: CheckItem) -> None:
     """Fail (GoldenFailure) a check whose golden cannot even be interpreted by this qbc:
     unusable manifest, or a subject, engine, case or format this qbc does not know."""
+    __tracebackhide__ = True
     g = item.golden
     if g.problem is not None:
         raise _fail(item, "unusable golden manifest", g.problem, check=MANIFEST_CHECK)
@@ -179,6 +181,7 @@ def guarded(check: F) -> F:
 
     @functools.wraps(check)
     def run(item: CheckItem, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         precheck(item)
         try:
             return check(item, *args, **kwargs)
@@ -252,6 +255,7 @@ def first_divergence(item: CheckItem, today: Built) -> str | None:
 @guarded  # unknown names, broken manifests, corrupt data: that golden's failure
 def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
     """Run one check; raises GoldenFailure (with statistics) or GoldenSkip; returns the verdict."""
+    __tracebackhide__ = True
     import torch
 
     g = item.golden
@@ -322,25 +326,32 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
         if not verdict.ok:
             where = first_divergence(item, today)
             detail = verdict.message() + (f"\n{where}" if where else "")
-            raise _fail(
+            failure = _fail(
                 item,
                 f"{check} check: output differs from the golden beyond policy",
                 detail,
                 check=check,
             )
+            failure.drift = verdict_record(verdict)  # the report plots failed checks too
+            raise failure
         return verdict
 
 
 def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
-    """Drift numbers of a passing check, for reports: worst leaf's error and SQNR."""
+    """Drift numbers of a numeric check, for reports: the worst leaf's error, the policy's limit
+    for it, and SQNR (empty when the check compared nothing numeric)."""
     if verdict is None or not verdict.stats:
         return {}
-    worst = max(verdict.stats, key=lambda s: s.max_steps)
-    return {
+    numeric = [s for s in verdict.stats if s.problem is None] or verdict.stats
+    worst = max(numeric, key=lambda s: s.max_steps)
+    record = {
         "max_steps": worst.max_steps,
         "mismatched": sum(s.mismatched for s in verdict.stats),
         "min_sqnr_db": min(s.sqnr_db for s in verdict.stats),
     }
+    if worst.limit_steps is not None:
+        record["limit_steps"] = worst.limit_steps
+    return record
 
 
 def test_golden(
@@ -355,8 +366,11 @@ def test_golden(
     failing another way is a failure that names the entry, and passing is news (XPASS, a
     failure too, recorded as ``qbc_known_break_fixed``) until the entry is removed or narrowed.
     """
+    __tracebackhide__ = True  # a failure shows the golden's message, not the runner's frames
     import pytest
 
+    # first: whatever happens next, the result is named by its check id (harness.results)
+    record_property(CHECK_ID_PROPERTY, qbc_check.id)
     entry = known_break(qbc_check, qbc_known_breaks)
     if entry is not None:
         record_property("qbc_known_break", entry.name)
@@ -368,6 +382,8 @@ def test_golden(
         except GoldenSkip as exc:
             pytest.skip(str(exc))
         except GoldenFailure as exc:
+            if exc.drift:  # numbers of a failed numeric check: the report plots them
+                record_property(DRIFT_PROPERTY, exc.drift)
             if entry is None:
                 raise
             mismatch = entry.mismatch(Failure(check=exc.check, error=exc.error, message=str(exc)))
@@ -380,7 +396,7 @@ def test_golden(
             ) from None
         finally:
             record_property("qbc_warnings", recorded_warnings.summarize(caught))
-    record_property("qbc_drift", verdict_record(verdict))
+    record_property(DRIFT_PROPERTY, verdict_record(verdict))
     if entry is not None:
         record_property("qbc_known_break_fixed", True)
         pytest.fail(

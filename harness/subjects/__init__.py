@@ -9,6 +9,11 @@ to :data:`BUILTIN_SUBJECTS` or expose it as an entry point in the ``qbc.subjects
 The adapter only answers four questions: what is your name, which engines do you have, is an
 engine usable here (and if not, why), and which cases do you have. Everything else (formats,
 store, runner, report) is shared. A case row's builder does the subject-specific work.
+
+A plug-in subject also has a version (its ``version`` attribute, else the version of the
+distribution that registers the entry point): it is part of the producer id of the goldens it
+writes (``torch-2.13.0_qbc-0.1.0_mylib-0.0.2``), so goldens of each version are kept side by
+side. Built-in subjects are versioned by qbc itself. docs/plugins.md has the whole contract.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import re
 from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -66,11 +72,48 @@ def _entry_point_subjects() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group="qbc.subjects")}
 
 
-def subject_names() -> list[str]:
-    """Names of every registered subject (built-in first, then plug-ins)."""
+def subject_names(builtin: bool = False) -> list[str]:
+    """Names of every registered subject (built-in first, then plug-ins), or only the built-in
+    ones (what qbc's own tests and store are about, whatever plug-ins are installed)."""
     names = dict(BUILTIN_SUBJECTS)
-    names.update(_entry_point_subjects())
+    if not builtin:
+        names.update(_entry_point_subjects())
     return list(names)
+
+
+class SubjectProblem(ValueError):
+    """A plug-in subject that cannot be used as registered; the message names it."""
+
+
+#: a subject version as it appears in a producer id: PEP 440-ish, no ``-`` or ``_``
+_VERSION = re.compile(r"[0-9A-Za-z.+]+")
+
+
+@functools.cache
+def subject_version(name: str) -> str | None:
+    """A plug-in subject's own version (None for the built-in subjects, versioned by qbc).
+
+    The adapter's ``version`` attribute, else the version of the installed distribution that
+    registers its entry point; ValueError naming the subject when it has neither or the version
+    cannot go into a folder name.
+    """
+    if name in BUILTIN_SUBJECTS:
+        return None
+    version = getattr(get_subject(name), "version", None)
+    if version is None:
+        dists = [ep.dist for ep in entry_points(group="qbc.subjects", name=name)]
+        version = dists[0].version if dists and dists[0] is not None else None
+    if not version:
+        raise SubjectProblem(
+            f"plug-in subject {name!r} declares no version: give its adapter a `version` "
+            "attribute (docs/plugins.md)"
+        )
+    if not _VERSION.fullmatch(str(version)):
+        raise SubjectProblem(
+            f"plug-in subject {name!r} has version {version!r}: a version in a producer id may "
+            "only hold letters, digits, '.' and '+'"
+        )
+    return str(version)
 
 
 @functools.cache
@@ -82,7 +125,10 @@ def get_subject(name: str) -> Subject:
     module_name, _, attr = spec.partition(":")
     subject = getattr(importlib.import_module(module_name), attr)
     if not isinstance(subject, Subject):
-        raise TypeError(f"{spec} does not implement harness.subjects.Subject")
+        raise SubjectProblem(
+            f"subject {name!r} ({spec}) does not implement harness.subjects.Subject "
+            "(docs/plugins.md)"
+        )
     return subject
 
 
@@ -98,9 +144,10 @@ def no_engine() -> Iterator[None]:
     yield
 
 
-def all_cases(subject: str | None = None) -> list[Case]:
-    """Every case of every registered subject (or of one), in catalogue order."""
-    names = [subject] if subject else subject_names()
+def all_cases(subject: str | None = None, builtin: bool = False) -> list[Case]:
+    """Every case of every registered subject (or of one, or of the built-in ones), in
+    catalogue order."""
+    names = [subject] if subject else subject_names(builtin)
     return [c for n in names for c in get_subject(n).cases()]
 
 

@@ -3,9 +3,9 @@
 Layers, top to bottom (a module may import from its own layer or any layer below, never above):
 
     cli, report, diff, pytest_plugin            what users run
-    verify, generate, retention                 the runner, the generator, the store's retention
+    verify, generate, retention, regen          the runner, the generator, the store's retention
     store, integrity, isolation, manifest,      the golden store and the guards around loads
-      atomic, lock, policy
+      atomic, lock, policy, results
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
@@ -29,9 +29,10 @@ HARNESS = Path(__file__).resolve().parents[2] / "harness"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.cli", "harness.report", "harness.diff", "harness.pytest_plugin"),
-    ("harness.verify", "harness.generate", "harness.retention"),
+    ("harness.verify", "harness.generate", "harness.retention", "harness.regen"),
     (
         "harness.store",
+        "harness.results",
         "harness.integrity",
         "harness.isolation",
         "harness.manifest",

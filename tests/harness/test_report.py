@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from harness import report
-from harness.cli import _load_rows
 from harness.cli import main as qbc_main
 from harness.manifest import parse_producer, producer_id
+from harness.results import read_results
 from harness.retention import Retention, expired, first_dates, golden_date, minor
 from harness.store import iter_goldens
 
@@ -88,13 +88,13 @@ def test_matrix_has_one_row_per_subject_engine_producer_and_consumer(rows):
     assert m["rows"][3]["formats"] == {"exported": {"xfail": 1}, "scripted": {"failed": 1}}
 
 
-def test_breaks_list_regressions_before_known_breaks_with_their_reasons(rows):
+def test_breaks_list_regressions_before_known_breaks_with_their_causes(rows):
     got = [(b["outcome"], b["consumer"], b["reason"], b["checks"]) for b in report.breaks(rows)]
     assert got == [
         (
             "failed",
             "torch-2.6.0_qbc-0.1.0",
-            "load check: boom / max 9 steps",
+            "load check: boom",  # the cause: the first line of the message
             [f"torch_ao/{NEW}/fbgemm/linear/scripted"],
         ),
         (
@@ -104,6 +104,28 @@ def test_breaks_list_regressions_before_known_breaks_with_their_reasons(rows):
             [f"torch_ao/{NEW}/fbgemm/linear/exported"],
         ),
     ]
+
+
+def test_breaks_group_failures_of_one_cause_across_goldens_with_the_worst_drift():
+    # the same cause on two engines and two producers is one group of three checks; its worst
+    # drift is the 9.98-step failure, against that check's limit of 1 step
+    cause = "load check: output differs from the golden beyond policy"
+    where = ": subject torch_ao, producer {}, engine {}, case linear, format {}\nstats"
+
+    def failed(producer: str, engine: str, fmt: str, steps: float) -> dict[str, Any]:
+        r = row(f"torch_ao/{producer}/{engine}/linear/{fmt}", "failed", "2.13.0")
+        r["message"] = cause + where.format(producer, engine, fmt)
+        r["drift"] = {"max_steps": steps, "mismatched": 3, "min_sqnr_db": 20.0, "limit_steps": 1.0}
+        return r
+
+    rows = [
+        failed(OLD, "fbgemm", "scripted", 9.98),
+        failed(NEW, "fbgemm", "scripted", 2.0),
+        failed(OLD, "x86", "state_dict", 3.0),
+    ]
+    (group,) = report.breaks(rows)
+    assert (group["reason"], len(group["checks"])) == (cause, 3)
+    assert (group["max_steps"], group["limit_steps"]) == (9.98, 1.0)
 
 
 def test_report_cli_merges_one_results_file_per_consumer(rows, tmp_path, empty_store):
@@ -199,7 +221,7 @@ def test_each_committed_results_file_comes_from_the_consumer_it_is_named_after()
     files = committed_results()
     assert len(files) >= 3  # oldest working release, the CI release and the newest
     for path in files:
-        releases = {r["consumer"]["torch"].split("+")[0] for r in _load_rows(path)}
+        releases = {r.consumer["torch"].split("+")[0] for r in read_results(path)}
         assert releases == {path.stem.removeprefix("torch-")}, path.name
 
 
@@ -305,7 +327,7 @@ def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store)
     mine = [dict(r, duration=0.25) for r in rows if r["consumer"]["torch"] == "2.6.0+cpu"]
     path = tmp_path / "compact.json"
     path.write_text(report.compact_results(mine))
-    assert report.render("md", _load_rows(path), empty_store) == report.render(
+    assert report.render("md", read_results(path), empty_store) == report.render(
         "md", mine, empty_store
     )
     assert "duration" not in path.read_text()
@@ -313,7 +335,7 @@ def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store)
 
 def test_committed_results_are_already_compact():
     for path in committed_results():
-        assert report.compact_results(_load_rows(path)) == path.read_text(), path.name
+        assert report.compact_results(read_results(path)) == path.read_text(), path.name
 
 
 def warned(row_: dict[str, Any], *messages: str) -> dict[str, Any]:
@@ -350,8 +372,8 @@ def test_compact_results_store_each_distinct_warning_once(rows, tmp_path):
     assert text.count('"message":"a"') == 1
     path = tmp_path / "compact.json"
     path.write_text(text)
-    back = _load_rows(path)
-    assert [sorted(w["message"] for w in r["warnings"]) for r in back] == [["a", "b"]] * 3
+    back = read_results(path)
+    assert [sorted(w["message"] for w in r.warnings) for r in back] == [["a", "b"]] * 3
 
 
 def test_producer_by_consumer_counts_every_check_of_a_producer_on_each_consumer(rows):

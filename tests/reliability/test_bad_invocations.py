@@ -137,15 +137,15 @@ def test_a_golden_with_a_format_this_qbc_does_not_know_fails_naming_it(
     assert "unknown format 'onnx'; known: input, state_dict" in str(e.value)
 
 
-def test_verify_refuses_an_empty_store_saying_so(
+def test_verify_of_an_empty_store_says_so_and_exits_5_as_pytest_collecting_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "golden").mkdir()
 
     code = cli.main(["verify", "--store", str(tmp_path / "golden"), "-n", "0"])
 
-    assert code == 2
-    assert f"the golden store {tmp_path / 'golden'} is empty" in capsys.readouterr().err
+    assert code == 5  # pytest's "no tests collected": a CI gate never passes on nothing
+    assert f"the golden store {tmp_path / 'golden'} holds no goldens" in capsys.readouterr().err
 
 
 def test_verify_refuses_a_missing_store_saying_so(
