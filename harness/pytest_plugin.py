@@ -242,7 +242,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     check = params.get(FIXTURE)
     if check is not None and rs.CHECK_ID_PROPERTY not in dict(report.user_properties):
         report.user_properties.append((rs.CHECK_ID_PROPERTY, check.id))
+    if check is not None:
+        report.sections = [s for s in map(_without_trace_records, report.sections) if s[1]]
     return report
+
+
+def _without_trace_records(section: tuple[str, str]) -> tuple[str, str]:
+    """torch.export logs empty DEBUG records to ``torch.__trace`` (structured traces for
+    tlparse): dozens per failing check, and nothing a reader can use."""
+    title, text = section
+    if not title.startswith("Captured log"):
+        return section
+    kept = [line for line in text.splitlines(True) if " torch.__trace:" not in line]
+    rest = "".join(kept)
+    return title, rest if rest.strip() else ""
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
