@@ -248,6 +248,9 @@ def run_verify(
     for flag, value in (("-k", expr), ("--junitxml", junitxml), ("--qbc-policy", policy)):
         if value:
             args += [flag, value]
+    if junitxml:
+        # xunit1 keeps each check's <properties> (its id, drift, sandbox): xunit2 drops them
+        args += ["-o", "junit_family=xunit1"]
     if known_breaks:
         args += ["--qbc-known-breaks", known_breaks]
     for subject in subjects or ():
@@ -307,6 +310,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # Loads run in the runner process itself (inherited by xdist workers): about half the
         # time, but a native crash in a loader ends the run. For reviewed, committed stores.
         os.environ["QBC_ISOLATION"] = "0"
+    if args.trust:
+        # code-capable formats load even where no sandbox works (inherited by xdist workers);
+        # the summary lists them
+        os.environ["QBC_TRUST"] = "1"
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, _terminal_stderr() as terminal:
         path = Path(args.json) if args.json else Path(tmp) / "results.json"
@@ -343,6 +350,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"\nwarnings raised during checks (recorded, not judged): {len(said)} distinct")
         for w in said:
             print(f"  {len(w['checks'])} checks: {w['origin']} {w['category']}: {w['message']}")
+    boxes = sorted(
+        {r.sandbox for r in results if r.sandbox and not r.sandbox.startswith("trusted")}
+    )
+    trusted = sorted(r.id for r in results if (r.sandbox or "").startswith("trusted"))
+    if args.verbosity >= 0:
+        for box in boxes:
+            print(f"\ncode-capable loads ran in the sandbox: {box}")
+    if trusted:  # always said: these ran code from the golden without a sandbox
+        print(f"\nTRUSTED without a sandbox (--trust), {len(trusted)} checks:")
+        print("\n".join(f"  {t}" for t in trusted))
     if bad and args.verbosity >= -1:
         print(
             ("\n" if args.verbosity >= 0 else "") + render_failure_groups(failure_groups(results))
@@ -461,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-isolation",
         action="store_true",
         help="load goldens in-process instead of a forked child per load (faster; for trusted stores)",
+    )
+    s.add_argument(
+        "--trust",
+        action="store_true",
+        help="load formats that can run code (TorchScript, package, trusted pickles) even where "
+        "no sandbox works here; they are listed as trusted (default: skipped with the reason)",
     )
     s.set_defaults(func=cmd_verify)
 

@@ -154,3 +154,72 @@ def export_module(
     program = torch.export.export(model, example_inputs, **kwargs)  # type: ignore[arg-type]
     with expected_fx_constant_warnings():
         return program.module()  # type: ignore[return-value]
+
+
+# Op objects torch retired when it refreshed their packet; kept alive so their ids stay unique.
+_RETIRED_OPS: list[object] = []
+
+
+@functools.cache
+def keep_jit_builtins_stable() -> int:
+    """Work around a torch bug that makes ``torch.jit.script`` fail at random; returns how many
+    stale entries it dropped.
+
+    ``torch.jit._builtins`` maps ``id(function)`` to a builtin op name, and ``torch._ops``
+    registers each op object of an ``OpOverloadPacket`` there. Defining a new overload of an op
+    whose packet already exists (``torch.ao.quantization.fx._decomposed`` does it for
+    ``quantized_decomposed::quantize_per_tensor`` and friends while it is imported) makes
+    ``torch._ops._refresh_packet`` replace the packet's op object: the old one is freed, its id
+    stays in the table. CPython hands that address to the next object of the same size (72
+    bytes: a 4-tuple such as ``nn.Conv2d._reversed_padding_repeated_twice``), and scripting then
+    resolves the tuple as the builtin op: "builtin cannot be used as a value". Whether the
+    address is reused depends on the allocation history, so regeneration failed about one run in
+    eight under load. From the first call on, retired op objects are kept alive (their ids
+    cannot be reused), and the stale entries already in the table are dropped. Idempotent.
+    """
+    import torch
+
+    ops = getattr(torch, "_ops", None)
+    refresh = getattr(ops, "_refresh_packet", None)
+    if refresh is None:  # a torch without packet refreshes has nothing to repair
+        return 0
+
+    def refresh_keeping_retired(packet: object) -> None:
+        _RETIRED_OPS.append(packet._op)  # type: ignore[attr-defined]
+        refresh(packet)
+
+    ops._refresh_packet = refresh_keeping_retired  # type: ignore[union-attr]
+    return drop_stale_jit_builtins()
+
+
+def drop_stale_jit_builtins() -> int:
+    """Remove the builtin-table entries of op objects torch already retired (see
+    :func:`keep_jit_builtins_stable`); returns how many.
+
+    An entry is stale when its name is that of a live packet but its id is neither the packet's
+    current op object, nor a retired one kept alive, nor any function torch itself registers
+    (``torch.jit._builtins._builtin_ops``, and module-level callables of torch such as
+    ``torch.jit._async.wait``).
+    """
+    import torch
+    from torch.jit import _builtins
+
+    table = _builtins._get_builtin_table()
+    current: dict[str, set[int]] = {}
+    for namespace in list(vars(torch.ops).values()):
+        for packet in list(vars(namespace).values()) if hasattr(namespace, "__dict__") else ():
+            op, name = getattr(packet, "_op", None), getattr(packet, "_qualified_op_name", None)
+            if op is not None and isinstance(name, str):
+                current.setdefault(name, set()).add(id(op))
+    known = {id(fn) for fn, _ in _builtins._builtin_ops} | {id(op) for op in _RETIRED_OPS}
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.partition(".")[0] == "torch":
+            known.update(id(v) for v in list(vars(module).values()) if callable(v))
+    stale = [
+        key
+        for key, name in list(table.items())
+        if name in current and key not in current[name] and key not in known
+    ]
+    for key in stale:
+        del table[key]
+    return len(stale)

@@ -32,7 +32,6 @@ Every limit can be raised through the environment (``QBC_MAX_FILE_BYTES``,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import stat
@@ -40,6 +39,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from harness import jsonstrict, names
 from harness.manifest import SCHEMA_VERSION
 from harness.outcomes import IntegrityError, ManifestProblem
 
@@ -110,8 +110,9 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None)
             f"manifest {path} is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"
         )
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # duplicate keys refused: a reviewer reads the first, json.loads would keep the last
+        data = jsonstrict.loads(path.read_bytes())
+    except jsonstrict.JSONProblem as exc:
         raise ManifestProblem(f"manifest {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ManifestProblem(f"manifest {path} is a JSON {type(data).__name__}, not an object")
@@ -152,6 +153,7 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None)
         raise ManifestProblem(f"manifest {path}: 'files' must be a non-empty object")
     for fmt, entry in files.items():
         try:
+            names.check("format", fmt)
             _check_entry(entry)
         except ValueError as exc:
             raise ManifestProblem(f"manifest {path}: file entry {fmt!r}: {exc}") from None

@@ -15,6 +15,12 @@ code in the runner. Outcomes:
 
 Where ``os.fork`` does not exist, or ``QBC_ISOLATION=0``, the read runs in process (no crash
 protection; the runner says nothing different, the failure just takes the run down).
+
+Loads that can run code from the golden (:func:`needs_sandbox`: TorchScript, ``package``, a
+case's trusted pickles) always run in a child confined by :mod:`harness.sandbox` first, with a
+scratch folder of its own that is deleted afterwards (``QBC_ISOLATION=0`` does not change
+that). Where no sandbox works, they are skipped (:class:`harness.outcomes.GoldenSkip` naming
+the reason) unless the user trusts the store (``--trust``); :func:`confinement` says which.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import enum
 import io
 import os
 import select
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from harness import recorded_warnings
@@ -76,10 +85,41 @@ def _encode(value: Any) -> bytes:
     return buf.getvalue()
 
 
-def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int) -> None:
+def needs_sandbox(fmt: Any, ctx: Any) -> bool:
+    """Whether reading ``fmt`` can run code stored in the golden: a format that runs code on
+    load, or a case's trusted (fully unpickled) load."""
+    return bool(fmt.runs_code_on_load) or (ctx is not None and not ctx.weights_only)
+
+
+def confinement(code_capable: bool) -> str | None:
+    """How a load is confined, as results record it: None when it can run no code, the
+    sandbox's description, or ``"trusted: ..."`` when the user trusts the store and no sandbox
+    works here; GoldenSkip when neither."""
+    from harness import sandbox
+    from harness.outcomes import GoldenSkip
+
+    if not code_capable:
+        return None
+    box = sandbox.available()
+    if box is not None:
+        return str(box)
+    if sandbox.trusted():
+        return f"trusted: no sandbox ({sandbox.unavailable_reason()})"
+    raise GoldenSkip(
+        "this format can run code stored in the golden and no sandbox works on this machine "
+        f"({sandbox.unavailable_reason()}); pass --trust to load it anyway"
+    )
+
+
+def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int, scratch: str | None) -> None:
     """Body of the forked child; never returns (os._exit), whatever happens."""
     code = 0
     try:
+        if scratch is not None:
+            from harness import sandbox
+
+            sandbox.confine(Path(scratch))  # from here on this process is sandboxed
+
         import faulthandler
 
         import torch
@@ -107,21 +147,34 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], w: int) -> None:
         os._exit(code)
 
 
-def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-    """``fn(*args)`` in a forked child; see the module docstring for the outcomes."""
-    if not enabled():
+def call(
+    fn: Callable[..., Any], *args: Any, timeout: float | None = None, sandboxed: bool = False
+) -> Any:
+    """``fn(*args)`` in a forked child (confined by :func:`harness.sandbox.confine` when
+    ``sandboxed``); see the module docstring for the outcomes."""
+    if not sandboxed and not enabled():
         try:
             return fn(*args)
         except Exception as exc:
             raise LoadError(type(exc).__name__, str(exc)) from exc
+    scratch = tempfile.mkdtemp(prefix="qbc-sandbox-") if sandboxed else None
+    try:
+        return _call_forked(fn, args, LOAD_TIMEOUT if timeout is None else timeout, scratch)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _call_forked(
+    fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, scratch: str | None
+) -> Any:
     import torch
 
-    timeout = LOAD_TIMEOUT if timeout is None else timeout
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(r)
-        _child(fn, args, w)
+        _child(fn, args, w, scratch)
     os.close(w)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -203,8 +256,15 @@ def describe(problem: IsolatedLoadProblem) -> tuple[ProblemKind, str]:
 
 
 def load(fmt: Any, path: Any, ctx: Any) -> Any:
-    """``fmt.read(path, ctx)``, in a child when :func:`needs_isolation`; any failure is raised
-    as an :class:`IsolatedLoadProblem` (the runner turns it into that golden's failure)."""
+    """``fmt.read(path, ctx)``, in a sandboxed child when :func:`needs_sandbox` (skipped when no
+    sandbox works and the store is not trusted), in a child when :func:`needs_isolation`; any
+    failure is raised as an :class:`IsolatedLoadProblem` (the runner turns it into that
+    golden's failure)."""
+    if needs_sandbox(fmt, ctx):
+        confined = confinement(True)
+        sandboxed = confined is not None and not confined.startswith("trusted")
+        if sandboxed or enabled():
+            return call(fmt.read, path, ctx, sandboxed=sandboxed)
     if needs_isolation(fmt, ctx):
         return call(fmt.read, path, ctx)
     try:

@@ -83,8 +83,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def locked_regeneration(fn: F) -> F:
-    """Run ``fn(store, ...)`` holding :func:`regen_lock` on ``store``, after clearing stale
-    staging leftovers."""
+    """Run ``fn(store, ...)`` holding :func:`regen_lock` on ``store``, clearing staging leftovers
+    before and after."""
 
     @functools.wraps(fn)
     def run(store: Path, *args: Any, **kwargs: Any) -> Any:
@@ -92,6 +92,11 @@ def locked_regeneration(fn: F) -> F:
 
         with regen_lock(Path(store)):
             atomic.clean_staging(Path(store))
-            return fn(store, *args, **kwargs)
+            try:
+                return fn(store, *args, **kwargs)
+            finally:
+                # A run that raised leaves nothing behind either, not even the empty staging root
+                # (a SIGKILLed one leaves its leftovers to the next run's clean_staging).
+                atomic.clean_staging(Path(store))
 
     return run  # type: ignore[return-value]

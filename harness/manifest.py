@@ -80,7 +80,9 @@ def producer_parts(pid: str) -> Producer:
 
 
 def _release(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
+    # ASCII digits only: '0²'.isdigit() is True but int('0²') raises (harness.names refuses such
+    # a producer folder; this parser must not be what crashes on it)
+    return tuple(int(p) for p in text.split(".") if p.isascii() and p.isdigit())
 
 
 def parse_producer(pid: str) -> tuple[tuple[int, ...], str]:

@@ -153,10 +153,46 @@ def compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
         return _compare_leaf(name, actual, expected)
 
 
+def _same_scalar(actual: Any, expected: Any) -> bool:
+    """Python values compare with ``==``, except that NaN equals NaN (a NaN the golden also
+    holds is reproduced, not lost)."""
+    if (
+        isinstance(actual, float)
+        and isinstance(expected, float)
+        and (math.isnan(actual) or math.isnan(expected))
+    ):
+        return math.isnan(actual) and math.isnan(expected)
+    return bool(actual == expected)
+
+
+def _nonfinite_problem(got: torch.Tensor, ref: torch.Tensor) -> str | None:
+    """Where ``got`` and ``ref`` disagree on NaN / +-inf, the problem in words; else None.
+
+    Every comparison with NaN is False, so a tolerance check on raw differences would pass a
+    NaN output; instead a NaN, inf or -inf on one side only (or infinities of opposite sign) is
+    a mismatch of its own, never within tolerance. The same non-finite value on both sides at
+    the same position is reproduced.
+    """
+    ref_nan, got_nan = ref.isnan(), got.isnan()
+    ref_inf, got_inf = ref.isinf(), got.isinf()
+    agree = (ref_nan & got_nan) | (ref_inf & got_inf & (ref == got))
+    bad = (ref_nan | got_nan | ref_inf | got_inf) & ~agree
+    count = int(bad.sum().item())
+    if not count:
+        return None
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    at = f"[{', '.join(map(str, first))}]" if first else ""
+    return (
+        f"{count} element(s) non-finite on one side only (NaN or inf where the other has a "
+        f"finite value, or opposite infinities): first at {at or 'the scalar'}, got "
+        f"{got[first].item():g}, expected {ref[first].item():g}"
+    )
+
+
 def _compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
     stats = Stats(name=name, dtype=dtype_name(expected), numel=1)
     if not isinstance(expected, torch.Tensor):
-        if actual != expected:
+        if not _same_scalar(actual, expected):
             stats.problem = f"value {actual!r} != expected {expected!r}"
         return stats
     stats.numel = expected.numel()
@@ -177,6 +213,12 @@ def _compare_leaf(name: str, actual: Any, expected: Any) -> Stats:
     else:
         ref, got = expected.double(), actual.double()
         if expected.is_floating_point():
+            stats.problem = _nonfinite_problem(got, ref)
+            if stats.problem:
+                return stats
+            # Non-finite values agree from here on; they are left out of step, error and SQNR.
+            finite = ref.isfinite()
+            ref, got = ref[finite], got[finite]
             span = (ref.max() - ref.min()).item() if ref.numel() else 0.0
             stats.step = span / 255 if span > 0 else 1.0
         err = (got - ref).abs() / stats.step

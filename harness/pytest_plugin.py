@@ -83,6 +83,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--qbc-results", default=None, help="write check outcomes as JSON here")
     group.addoption(
+        "--qbc-trust",
+        action="store_true",
+        help="load code-capable formats even where no sandbox works (listed as trusted)",
+    )
+    group.addoption(
         "--qbc-torch-threads",
         type=int,
         default=1,
@@ -123,6 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{MARKER}: a golden check of the qbc store (select with -m {MARKER})"
     )
+    if config.getoption("--qbc-trust", default=False):
+        os.environ["QBC_TRUST"] = "1"  # read by harness.sandbox.trusted in this process
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "torch" not in sys.modules:
         # one worker per core already: no OpenMP pool of its own (torch reads this at import;

@@ -27,6 +27,7 @@ from harness.formats import format_names, get_format
 from harness.manifest import parse_producer, producer_id, producer_info
 from harness.results import WARNING_FIELDS, CheckResult, as_results
 from harness.store import iter_goldens
+from harness.subjects import get_case
 
 Rows = Iterable[CheckResult | Mapping[str, Any]]
 
@@ -480,6 +481,8 @@ def compact_results(rows: Rows) -> str:
             out["message"] = r.message
         if r.known_break:
             out["known_break"] = r.known_break
+        if (r.sandbox or "").startswith("trusted"):
+            out["sandbox"] = r.sandbox  # loaded without a sandbox: the report lists it
         d = full.get("drift") or {}
         if d:
             exact = not d.get("max_steps") and not d.get("mismatched")
@@ -531,6 +534,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _trusted_loads(golden: Any) -> tuple[str, ...]:
+    """The formats the golden's case loads with full unpickling (none if the case is unknown)."""
+    try:
+        return tuple(get_case(golden.subject, golden.case).trusted_load)
+    except KeyError:
+        return ()
+
+
 def render(fmt: str, rows: Rows, store: Path) -> str:
     """The report as ``md``, ``html``, ``json`` or ``results``; md and html depend only on the
     rows and the store."""
@@ -539,14 +550,16 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
         return compact_results(results)
     m, d, br = matrix(results), drift(results), breaks(results)
     code_formats = [f for f in format_names() if get_format(f).runs_code_on_load]
-    # Checks whose golden file is loaded with code execution (package, and a case's declared
-    # trusted loads): the manifest flags them; they run only after the file's hash matched.
+    # Checks whose golden file can run code when loaded (TorchScript, package, a case's declared
+    # trusted loads): decided by qbc's formats and cases, never by the manifest (whoever writes
+    # a golden could clear its flag); they load only inside harness.sandbox, or under --trust.
     code_checks = sorted(
         f"{g.id}/{f}"
         for g in iter_goldens(store)
         for f, entry in g.manifest["files"].items()
-        if entry.get("runs_code_on_load")
+        if f in code_formats or entry.get("runs_code_on_load") or f in _trusted_loads(g)
     )
+    trusted = sorted(r.id for r in results if (r.sandbox or "").startswith("trusted"))
     if fmt == "json":
         return json.dumps(
             _json_safe(
@@ -561,6 +574,8 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
                     "failures": [r.to_dict() for r in results if r.bad],
                     "runs_code_on_load": code_formats,
                     "runs_code_on_load_checks": code_checks,
+                    "sandboxes": sorted({r.sandbox for r in results if r.sandbox}),
+                    "trusted_checks": trusted,
                 }
             ),
             indent=1,
@@ -643,7 +658,8 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
     ]
     note = (
         f"Formats whose loader runs code from the golden: {', '.join(code_formats)}; such "
-        "checks load only after the file's sha256 matched its manifest (last table)."
+        "checks (last table) load only inside the sandbox (harness.sandbox). Trusted without "
+        f"a sandbox (--trust): {', '.join(trusted) or 'none'}."
     )
     legend = (
         "Outcomes: ok = passed, FAIL = regression, xfail = known break (reason below), "

@@ -35,6 +35,7 @@ PROPERTY_FIELDS = {
     "qbc_isa": "isa",
     "qbc_warnings": "warnings",
     "qbc_known_break": "known_break",
+    "qbc_sandbox": "sandbox",
 }
 
 #: pytest outcome -> verdict (DESIGN: ok, approx, known break, failed; skipped is not a verdict
@@ -87,6 +88,9 @@ class CheckResult:
     warnings: Sequence[Mapping[str, Any]] = ()
     #: the name of the known-breaks entry covering this check (harness.policy.KnownBreak)
     known_break: str | None = None
+    #: how a load that can run code from the golden was confined (harness.sandbox): the
+    #: sandbox's description, or "trusted: ..." under --trust without one; None: runs no code
+    sandbox: str | None = None
     #: fields written by a newer qbc or a plug-in: kept, and written back unchanged
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -13,18 +13,20 @@ an interrupted write leaves the store as it was.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import atomic, integrity
+from harness import atomic, integrity, names
 from harness.manifest import sha256_file
 from harness.outcomes import ManifestProblem
 
 MANIFEST = "manifest.json"
 BLOBS = "blobs"
 TEXT_SUFFIXES = (".txt", ".json")
+_LEVELS = ("subject", "producer", "engine", "case")
 
 
 @dataclass
@@ -68,28 +70,89 @@ class Golden:
 
 
 def iter_goldens(store: Path) -> list[Golden]:
-    """Every golden in the store, whatever produced it, sorted by id."""
+    """Every golden in the store, whatever produced it, sorted by id.
+
+    The walk never follows a symlink and checks every name against :mod:`harness.names`
+    before using it: a symlink at any level, or a folder whose name is outside the grammar, is
+    a golden with a ``problem`` (one failing ``manifest`` check naming the path), never an
+    exception and never a walk into what the link points at. Missing levels of such a golden's
+    id read ``*``.
+    """
     store = Path(store)
     out = []
     # Every folder at golden depth is a golden, with or without a usable manifest: a broken one
     # becomes that golden's failure (harness.integrity), never a crash of the whole run.
-    for case_dir in sorted(p for p in store.glob("*/*/*/*") if p.is_dir()):
-        engine_dir, producer_dir = case_dir.parent, case_dir.parent.parent
-        if producer_dir.name.startswith(".") or engine_dir.name == BLOBS:
-            continue
-        ids = {
-            "subject": producer_dir.parent.name,
-            "producer": producer_dir.name,
-            "engine": engine_dir.name,
-            "case": case_dir.name,
-        }
-        try:
-            manifest = integrity.load_manifest(case_dir / MANIFEST, store, ids)
-            problem = None
-        except ManifestProblem as exc:
-            manifest, problem = {"files": {}}, str(exc)
+    for parts, path, problem in _walk(store):
+        ids = dict(zip(_LEVELS, (parts + ["*"] * 4)[:4], strict=True))
+        if problem is None:
+            try:
+                manifest = integrity.load_manifest(path / MANIFEST, store, ids)
+            except ManifestProblem as exc:
+                problem = str(exc)
+        if problem is not None:
+            manifest = {"files": {}}
         out.append(Golden(store=store, **ids, manifest=manifest, problem=problem))
-    return out
+    return sorted(out, key=lambda g: g.id)
+
+
+def _walk(store: Path) -> list[tuple[list[str], Path, str | None]]:
+    """(names, path, problem) of every golden folder below ``store``, not following symlinks:
+    problem None for a regular golden, else why the entry at ``path`` is one failing golden."""
+    found: list[tuple[list[str], Path, str | None]] = []
+
+    def visit(folder: Path, parts: list[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            found.append((parts, folder, f"{folder} cannot be listed: {exc}"))
+            return
+        depth = len(parts)
+        for entry in entries:
+            name = entry.name
+            if depth == 1 and name.startswith("."):  # a producer being staged elsewhere
+                continue
+            if depth == 2 and name == BLOBS:
+                continue
+            path = Path(entry.path)
+            label = [*parts, _printable(name)]
+            if entry.is_symlink():
+                target = _printable(os.readlink(path))
+                found.append(
+                    (
+                        label,
+                        path,
+                        f"{path} is a symlink (to {target}); the golden store is walked "
+                        "without following links, and golden folders must be real folders",
+                    )
+                )
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue  # files beside the goldens (the store index, a README) are not goldens
+            try:
+                if depth == 1:
+                    names.check_producer(name)
+                else:
+                    names.check(_LEVELS[depth], name)
+            except names.BadName as exc:
+                found.append((label, path, f"{path}: {exc}"))
+                continue
+            if depth == 3:
+                found.append((label, path, None))
+            else:
+                visit(path, label)
+
+    if store.is_dir():
+        visit(store, [])
+    return found
+
+
+def _printable(name: str) -> str:
+    """``name`` with control and non-ASCII characters escaped, for ids and messages."""
+    return (
+        name
+        if name.isascii() and name.isprintable()
+        else name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    )
 
 
 def add_file(producer_tmp: Path, golden_rel: str, src: Path) -> dict[str, Any]:

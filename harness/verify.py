@@ -216,11 +216,10 @@ DIVERGENCE_HOOK: Callable[[dict[str, Any], dict[str, Any]], str | None] | None =
 
 
 def _exported_intermediates(path: str, inputs: tuple[Any, ...]) -> dict[str, Any]:
-    import torch
-
+    from harness.formats import pt2
     from harness.quant.pt2e.numeric_debugger import program_intermediates
 
-    return program_intermediates(torch.export.load(path), inputs)
+    return program_intermediates(pt2.load(Path(path)), inputs)
 
 
 def first_divergence(item: CheckItem, today: Built) -> str | None:
@@ -371,6 +370,7 @@ def test_golden(
 
     # first: whatever happens next, the result is named by its check id (harness.results)
     record_property(CHECK_ID_PROPERTY, qbc_check.id)
+    record_property("qbc_sandbox", confinement_of(qbc_check))
     entry = known_break(qbc_check, qbc_known_breaks)
     if entry is not None:
         record_property("qbc_known_break", entry.name)
@@ -405,3 +405,14 @@ def test_golden(
             "known-breaks file.",
             pytrace=False,
         )
+
+
+def confinement_of(item: CheckItem) -> str | None:
+    """How the check's load is confined (:func:`harness.isolation.confinement`): None when it
+    runs no code from the golden (or is not a load), else the sandbox or ``trusted: ...``."""
+    try:
+        fmt = get_format(item.fmt)
+        trusted_load = get_case(item.golden.subject, item.golden.case).trusted_load
+        return isolation.confinement(fmt.runs_code_on_load or item.fmt in trusted_load)
+    except (GoldenSkip, KeyError):
+        return None

@@ -19,9 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import compat
 from harness.cases import BuildContext, Built, Case
 from harness.cases.torch_ao_models import LinearReluFunctional, LinearReLUNet, LSTMHolder
 from harness.graphsig import signature
+
+# These builders script torch.ao modules: make torch.jit's builtin table safe to script with
+# first (harness.compat.keep_jit_builtins_stable; torch.ao registers overloads as it imports).
+compat.keep_jit_builtins_stable()
 
 # Quantized inputs of static modules: x ~ U[0, 1) quantized with scale 1/128, zero point 0, so
 # every input value is representable on quint8's [0, 255] with 7 fractional bits.

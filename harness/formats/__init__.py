@@ -2,9 +2,10 @@
 
 A :class:`Format` writes one file from a :class:`~harness.cases.Built` and reads it back into
 something the runner can compare. Readers of tensor formats load with ``weights_only=True``;
-the only format whose loader executes code stored in the golden is ``package`` (torch.package
-unpickles the model with its interned source), flagged ``runs_code_on_load`` and named so in
-reports. ``role`` tells the runner which check a format feeds:
+formats whose loading can run code stored in the golden (``package``: torch.package runs its
+interned source; ``scripted`` / ``traced``: TorchScript ops can touch files) are flagged
+``runs_code_on_load``, load only inside :mod:`harness.sandbox` and are named so in reports;
+``exported`` is read by :mod:`harness.formats.pt2`, which runs nothing from the archive. ``role`` tells the runner which check a format feeds:
 
 - ``data``: stored data the other checks use (``input``): loads, and equals today's seeded data;
 - ``load``: a past artifact loaded today, run on the stored input, must give the stored output;

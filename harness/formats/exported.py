@@ -1,7 +1,10 @@
 """torch.export formats: exported programs (.pt2) and per-handle intermediate outputs.
 
-The reader registers the ``quantized_decomposed`` ops itself before ``torch.export.load``, so
-loading an exported golden never depends on what the caller imported first.
+An exported golden is read by :mod:`harness.formats.pt2`, never by ``torch.export.load``: the
+archive's entries and the program's JSON are checked first and its tensors are built from raw
+bytes, so no pickle, shared object or string of the golden is ever run (torch's own loader can
+do all three). The reader registers the ``quantized_decomposed`` ops itself, so loading never
+depends on the caller importing anything else first.
 
 ``intermediates`` is the numeric debugger's hook: an export-based case lists the format and the
 generator stores ``Built.intermediates`` or, when the builder left it None, every debug handle's
@@ -18,7 +21,6 @@ import torch
 
 from harness.cases import Built
 from harness.formats.base import Format, LoadContext, register
-from harness.quant.decomposed import ensure_registered
 
 
 def write_exported(b: Built, path: Path) -> None:
@@ -28,8 +30,9 @@ def write_exported(b: Built, path: Path) -> None:
 
 
 def read_exported(path: Path, ctx: LoadContext | None) -> Any:
-    ensure_registered()
-    program = torch.export.load(str(path))
+    from harness.formats import pt2
+
+    program = pt2.load(path)
     if ctx is None:
         return program
     return ctx.today.run(program.module(), ctx.inputs)
@@ -55,8 +58,10 @@ register(
         "load",
         write_exported,
         read_exported,
+        # Not a weights-only torch.load: read in a child process (crash isolation), but it runs
+        # nothing from the file, so it needs no sandbox (runs_code_on_load stays False).
         weights_only=False,
-        description="torch.export program (.pt2); loads without running pickled code",
+        description="torch.export program (.pt2), read by qbc's safe reader: runs no code",
     )
 )
 register(

@@ -1,7 +1,7 @@
 """torch.package format: a float model packaged with its interned source.
 
-This is the ONE format whose loader executes code from the golden: ``PackageImporter`` runs the
-interned module source and unpickles the model. The reader then re-applies today's quantization
+A format whose loader executes code from the golden, so it loads only inside harness.sandbox:
+``PackageImporter`` runs the interned module source and unpickles the model. The reader then re-applies today's quantization
 transform (``Built.transform``) and returns ``{"output", "get_attr"}`` so both numerics and the
 get_attr targets can be checked against the golden.
 """

@@ -1,6 +1,8 @@
 """TorchScript formats: scripted and traced modules (torch.jit.save / torch.jit.load).
 
-torch.jit.load reads TorchScript code, not pickled Python: it does not execute arbitrary Python.
+torch.jit.load reads TorchScript code, not pickled Python, but running that code is running code
+from the golden: its ops can read and write files (``torch.from_file(PATH, True, N)`` creates
+one), so both formats are ``runs_code_on_load`` and load only inside :mod:`harness.sandbox`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ register(
         _saver("scripted"),
         read_module,
         weights_only=False,
+        runs_code_on_load=True,
         # The archive's debug tables embed the absolute paths of the scripted sources (qbc's
         # checkout and torch's install), so bytes depend on where the generator ran; a clean
         # clone elsewhere regenerates identical code and state but different bytes.
@@ -54,6 +57,7 @@ register(
         _saver("traced"),
         read_module,
         weights_only=False,
+        runs_code_on_load=True,
         # The archive's debug tables record the Python call stack at trace time (file paths and
         # line numbers of the caller), so bytes depend on who called the generator.
         deterministic=False,

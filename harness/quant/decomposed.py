@@ -20,6 +20,7 @@ import importlib
 
 import torch
 
+from harness import compat
 from harness.quant import primitives as P
 
 # Schemas copied verbatim from the ecosystem's definition: a .pt2 stores op names and argument
@@ -143,4 +144,7 @@ def ensure_registered() -> str:
     except ImportError:
         _library = _define_ours()
         source = "qbc"
+    # Registering overloads retires op objects torch.jit still knows by id: repair that table
+    # before anything is scripted (harness.compat.keep_jit_builtins_stable says why).
+    compat.keep_jit_builtins_stable()
     return source

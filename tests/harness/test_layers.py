@@ -5,13 +5,13 @@ Layers, top to bottom (a module may import from its own layer or any layer below
     cli, report, diff, pytest_plugin            what users run
     verify, generate, retention, regen          the runner, the generator, the store's retention
     store, integrity, isolation, manifest,      the golden store and the guards around loads
-      atomic, lock, policy, results
+      atomic, lock, policy, results, sandbox
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
     quant                                       the quantization implementation
     outcomes, compat, recorded_warnings,        leaves anyone may import
-      harness (the package)
+      jsonstrict, names, harness (the package)
 
 Every import counts, at module level or inside a function, ``TYPE_CHECKING`` ones included: a
 function-level import that climbs a layer is the same dependency, only hidden.
@@ -39,12 +39,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "harness.atomic",
         "harness.lock",
         "harness.policy",
+        "harness.sandbox",
     ),
     ("harness.formats",),
     ("harness.subjects",),
     ("harness.cases", "harness.graphsig"),
     ("harness.quant",),
-    ("harness.outcomes", "harness.compat", "harness.recorded_warnings", "harness"),
+    (
+        "harness.outcomes",
+        "harness.compat",
+        "harness.recorded_warnings",
+        "harness.jsonstrict",
+        "harness.names",
+        "harness",
+    ),
 )
 
 # Sanctioned climbs out of a layer (none: harness/__init__.py no longer registers the

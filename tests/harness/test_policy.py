@@ -91,3 +91,46 @@ def test_known_break_matches_case_glob_and_producer_range() -> None:
         "torch_ao", "conv2d_graph_v2", "fbgemm", "scripted", (2, 13, 0), (2, 13, 0)
     )
     assert not entry.matches("torch_ao", "linear", "fbgemm", "scripted", (2, 6, 0), (2, 13, 0))
+
+
+# NaN and inf (issue 12): every comparison with NaN is False, so before NaN was judged on its
+# own a NaN output passed any tolerance. A policy that tolerates anything finite shows that
+# non-finite disagreements are never within tolerance.
+LENIENT = Policy(
+    {"default": {"atol_steps": 1e9, "max_steps": 1e9, "mismatch_budget": 1.0, "min_sqnr_db": -1e9}}
+)
+
+
+def test_nan_where_the_golden_is_finite_is_a_mismatch_whatever_the_tolerance() -> None:
+    verdict = judge(torch.full((3,), math.nan), torch.tensor([0.5, -1.0, 2.0]), LENIENT, WHERE)
+    assert not verdict.ok
+    # all 3 elements disagree; the first is reported with both values
+    assert "3 element(s) non-finite on one side only" in verdict.message()
+    assert "first at [0], got nan, expected 0.5" in verdict.message()
+
+
+def test_a_finite_value_where_the_golden_holds_nan_is_a_mismatch() -> None:
+    verdict = judge(torch.tensor([1.0, 2.0]), torch.tensor([1.0, math.nan]), LENIENT, WHERE)
+    assert not verdict.ok
+    assert "first at [1], got 2, expected nan" in verdict.message()
+
+
+def test_inf_against_a_finite_value_or_the_opposite_infinity_is_a_mismatch() -> None:
+    finite = torch.tensor([1.0, 2.0])
+    assert not judge(torch.tensor([1.0, math.inf]), finite, LENIENT, WHERE).ok
+    assert not judge(
+        torch.tensor([1.0, -math.inf]), torch.tensor([1.0, math.inf]), LENIENT, WHERE
+    ).ok
+
+
+def test_the_same_nan_and_inf_at_the_same_places_are_reproduced() -> None:
+    golden = torch.tensor([math.nan, math.inf, -math.inf, 0.0, 255.0])
+    verdict = judge(golden.clone(), golden, Policy({"default": {}}), WHERE)
+    assert verdict.ok
+    # the step comes from the finite values only: range 0..255 -> 1.0
+    assert verdict.stats[0].step == 1.0
+
+
+def test_a_nan_python_scalar_matches_only_nan() -> None:
+    assert judge({"scale": math.nan}, {"scale": math.nan}, Policy({"default": {}}), WHERE).ok
+    assert not judge({"scale": math.nan}, {"scale": 0.1}, LENIENT, WHERE).ok

@@ -127,8 +127,36 @@ def test_formats_that_run_code_are_flagged_in_manifests_and_named_in_the_report(
 
     store = copy_goldens(tmp_path / "golden", (OBSERVER, PACKAGE_CASE))
     report = json.loads(render("json", [], store))
-    assert report["runs_code_on_load"] == ["package"]
+    assert report["runs_code_on_load"] == ["scripted", "traced", "package"]
     assert report["runs_code_on_load_checks"] == [
         f"{SUBJECT}/{PRODUCER}/fbgemm/{PACKAGE_CASE}/package"
     ]
     assert f"{PACKAGE_CASE}/package" in render("md", [], store)
+
+
+def test_clearing_the_manifest_flag_does_not_hide_a_check_that_runs_code(tmp_path: Path) -> None:
+    from harness.report import render
+
+    from .reliability_helpers import read_manifest, write_manifest
+
+    store = copy_goldens(tmp_path / "golden", (PACKAGE_CASE,))
+    data = read_manifest(store, PACKAGE_CASE)
+    data["files"]["package"]["runs_code_on_load"] = False  # what an attacker would write
+    write_manifest(store, PACKAGE_CASE, data)
+
+    report = json.loads(render("json", [], store))
+    assert report["runs_code_on_load_checks"] == [
+        f"{SUBJECT}/{PRODUCER}/fbgemm/{PACKAGE_CASE}/package"
+    ]
+
+
+def test_the_report_names_the_sandbox_and_the_trusted_checks(tmp_path: Path) -> None:
+    from harness.report import render
+
+    store = copy_goldens(tmp_path / "golden", (PACKAGE_CASE,))
+    check = f"{SUBJECT}/{PRODUCER}/fbgemm/{PACKAGE_CASE}/package"
+    row = {"id": check, "outcome": "passed", "message": "", "drift": {}}
+    boxed = json.loads(render("json", [{**row, "sandbox": "landlock+namespaces (x)"}], store))
+    assert boxed["sandboxes"] == ["landlock+namespaces (x)"] and boxed["trusted_checks"] == []
+    trusted = json.loads(render("json", [{**row, "sandbox": "trusted: no sandbox (y)"}], store))
+    assert trusted["trusted_checks"] == [check]

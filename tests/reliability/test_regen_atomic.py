@@ -187,3 +187,19 @@ def test_the_lock_of_a_killed_regeneration_does_not_outlive_it(
 
     with regen_lock(before):  # would raise RegenLocked if the lock were stale
         pass
+
+
+def test_a_regeneration_that_fails_leaves_no_staging_folder(
+    before: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import generate as gen
+
+    def failing_build(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("builder failed (as the TorchScript flake of issue 12 did)")
+
+    monkeypatch.setattr(gen, "write_golden", failing_build)
+    old = snapshot(before)
+    with pytest.raises(RuntimeError, match="builder failed"):
+        gen.generate(before, subjects=["torch_ao"], case_glob="per_*_observer", engines=["fbgemm"])
+    assert snapshot(before) == old
+    assert not atomic.staging_root(before).exists()
