@@ -109,7 +109,9 @@ def _path_setting(config: pytest.Config, name: str) -> Path | None:
 
 
 def store_path(config: pytest.Config) -> Path:
-    return _path_setting(config, "qbc_store") or Path(config.rootpath) / "golden"
+    # Absolute: sandboxed loads run in a child whose working directory is its scratch folder,
+    # where a store path relative to the invocation would name nothing.
+    return (_path_setting(config, "qbc_store") or Path(config.rootpath) / "golden").absolute()
 
 
 def subjects_in_scope(config: pytest.Config) -> list[str]:

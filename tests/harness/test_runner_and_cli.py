@@ -51,6 +51,18 @@ def test_verify_prints_matrix_and_passes_on_a_clean_store(small_store: Path) -> 
     assert "failed" not in proc.stdout
 
 
+def test_verify_of_a_store_named_relative_to_the_working_directory_loads_every_format(
+    small_store: Path,
+) -> None:
+    # `qbc verify --store golden` from the folder holding it, as the README runs it: sandboxed
+    # loads (scripted, traced) run elsewhere and still find their files
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "verify", "--store", "golden", "-n", "0"],
+        capture_output=True, text=True, cwd=small_store.parent, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_verify_exits_nonzero_and_explains_a_regression(small_store: Path) -> None:
     graph = small_store / "torch_ao" / PRODUCER_ID / "qnnpack" / "linear" / "graph.txt"
     graph.write_text(graph.read_text() + "  extra_op\n")
