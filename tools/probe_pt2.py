@@ -2,13 +2,14 @@
 """Measure which torch release reads which release's ``.pt2`` (torch.export.save) archives.
 
     <venv of each release>/bin/python tools/probe_pt2.py write DIR   # save w-<release>.pt2
-    <venv of each release>/bin/python tools/probe_pt2.py read DIR    # load every w-*.pt2
-    python tools/probe_pt2.py table DIR                              # writer x reader table
+    <venv of each release>/bin/python tools/probe_pt2.py read DIR [qbc]   # load every w-*.pt2
+    python tools/probe_pt2.py table DIR [qbc]                             # writer x reader table
 
 ``write`` exports a tiny program (quantized_decomposed quantize/dequantize, then a Linear) with
 the running torch, saves it with its input and output, and prints the archive's entries (the
-layout). ``read`` loads every archive in DIR, runs it, and appends one JSON line per archive to
-``DIR/read-<release>.jsonl``: ok, mismatch, or the exception type and message, plus the
+layout). ``read`` loads every archive in DIR with ``torch.export.load`` (or, given ``qbc``, with
+qbc's own reader ``harness.formats.pt2.load``), runs it, and writes one JSON line per archive to
+``DIR/read-<reader>-<release>.jsonl``: ok, mismatch, or the exception type and message, plus the
 warnings torch raised. ``table`` prints the Markdown matrix docs/versions.md shows.
 """
 
@@ -48,10 +49,16 @@ def write(out: Path) -> None:
     print(json.dumps({"writer": release, "entries": sorted(zipfile.ZipFile(path).namelist())}))
 
 
-def read(out: Path) -> None:
+def read(out: Path, reader: str = "torch") -> None:
     import torch
     import torch.ao.quantization.fx._decomposed
 
+    if reader == "qbc":  # qbc's own reader (harness/formats/pt2.py), as the runner loads goldens
+        from harness.formats import pt2
+
+        load = pt2.load
+    else:
+        load = torch.export.load
     release = torch.__version__.split("+")[0]
     lines = []
     for path in sorted(out.glob("w-*.pt2")):
@@ -59,7 +66,7 @@ def read(out: Path) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                y = torch.export.load(str(path)).module()(io["x"])
+                y = load(path).module()(io["x"])
                 result = "ok" if torch.equal(y, io["y"]) else "mismatch"
             except Exception as exc:
                 result = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -69,12 +76,16 @@ def read(out: Path) -> None:
         lines.append(
             {"reader": release, "writer": path.stem[2:], "result": result, "warnings": said}
         )
-    (out / f"read-{release}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (out / f"read-{reader}-{release}.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines)
+    )
 
 
-def table(out: Path) -> None:
+def table(out: Path, reader: str = "torch") -> None:
     rows = [
-        json.loads(line) for f in out.glob("read-*.jsonl") for line in f.read_text().splitlines()
+        json.loads(line)
+        for f in out.glob(f"read-{reader}-*.jsonl")
+        for line in f.read_text().splitlines()
     ]
     writers = sorted({r["writer"] for r in rows}, key=_release)
     readers = sorted({r["reader"] for r in rows}, key=_release)
@@ -89,4 +100,10 @@ def table(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"write": write, "read": read, "table": table}[sys.argv[1]](Path(sys.argv[2]))
+    # read / table take an optional third argument: "torch" (torch.export.load, the default) or
+    # "qbc" (harness.formats.pt2.load, what the runner uses; needs qbc importable)
+    command, folder, *reader = sys.argv[1:]
+    if command == "write":
+        write(Path(folder))
+    else:
+        {"read": read, "table": table}[command](Path(folder), *reader)
