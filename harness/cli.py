@@ -218,8 +218,11 @@ def run_verify(
     policy: str | None = None,
     known_breaks: str | None = None,
     subjects: list[str] | None = None,
+    downstream: str = "all",
 ) -> tuple[int, str]:
     """Run the pytest runner over ``store`` in process; outcomes land in ``results`` (JSON).
+    ``downstream``: the consumers that also check every exported golden (``--qbc-downstream``:
+    comma-separated names, ``all``, or ``none``).
 
     Returns pytest's exit code and what pytest printed (shown only when it could not run).
     """
@@ -255,6 +258,8 @@ def run_verify(
         args += ["--qbc-known-breaks", known_breaks]
     for subject in subjects or ():
         args += ["--qbc-subject", subject]
+    if downstream and downstream != "none":
+        args += ["--qbc-downstream", downstream]
     out = io.StringIO()
     stdout = sys.stdout
     sys.stdout = out  # pytest's own lines; the matrix and summary below are the output
@@ -327,6 +332,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             policy=args.policy,
             known_breaks=args.known_breaks,
             subjects=args.subject,
+            downstream=args.downstream,
         )
         results = rs.read_results(path) if path.exists() else []
     seconds = time.monotonic() - start
@@ -484,6 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load formats that can run code (TorchScript, package, trusted pickles) even where "
         "no sandbox works here; they are listed as trusted (default: skipped with the reason)",
+    )
+    s.add_argument(
+        "--downstream",
+        default="all",
+        help="downstream consumers that also lower and run every exported golden: "
+        "comma-separated (executorch, executorch_xnnpack, onnxruntime, inductor, "
+        "inductor_freezing), 'all' (default) or 'none'; without the downstream extra they "
+        "are skipped with the install command",
     )
     s.set_defaults(func=cmd_verify)
 

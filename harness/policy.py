@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # python 3.10
 DATA = Path(__file__).parent / "data"
 DEFAULT_POLICY = DATA / "policy.toml"
 DEFAULT_KNOWN_BREAKS = DATA / "known_breaks.toml"
-_MATCH_KEYS = ("subject", "engine", "case", "dtype", "isa", "producer", "check")
+_MATCH_KEYS = ("subject", "engine", "case", "dtype", "isa", "producer", "check", "consumer")
 _LIMIT_KEYS = ("atol_steps", "max_steps", "mismatch_budget", "min_sqnr_db")
 
 
@@ -48,6 +48,9 @@ class Where:
     check: str
     isa: str
     producer_isa: str
+    #: who reads the golden: "torch" (today's torch and qbc) or a downstream consumer
+    #: (harness.downstream: "executorch", "onnxruntime", ...)
+    consumer: str = "torch"
 
 
 class Policy:
@@ -107,6 +110,11 @@ class Verdict:
     ok: bool
     stats: list[Stats] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: delegates a downstream consumer made of the program (None: not a delegating consumer)
+    delegates: int | None = None
+    #: SQNR of the quantized output against the float model's (reproduce checks of cases that
+    #: keep their float model), for reports; never judged
+    float_sqnr_db: float | None = None
 
     def message(self) -> str:
         lines = self.failures + ["all leaves:"] + [f"  {s.summary()}" for s in self.stats]
@@ -303,10 +311,10 @@ def in_range(release: tuple[int, ...], spec: str) -> bool:
 
 
 #: What a known break's ``fails`` may name: the check whose comparison fails (not an exception).
-FAILING_CHECKS = ("load", "reproduce", "data", "graph")
+FAILING_CHECKS = ("load", "reproduce", "data", "graph", "downstream", "delegation")
 _KNOWN_BREAK_KEYS = {
     "name", "reason", "measured", "subject", "case", "engine", "format", "producers",
-    "consumers", "producers_qbc", "consumers_qbc", "raises", "fails", "match",
+    "consumers", "producers_qbc", "consumers_qbc", "raises", "fails", "match", "consumer",
 }  # fmt: skip
 
 
@@ -350,6 +358,9 @@ class KnownBreak:
     raises: str = ""
     fails: str = ""
     match: str = ""
+    #: who reads the golden (glob): "torch" (today's torch and qbc), or a downstream consumer
+    #: (harness.downstream: "executorch", "executorch_xnnpack", "onnxruntime", "inductor", ...)
+    consumer: str = "*"
 
     def __post_init__(self) -> None:
         if bool(self.raises) == bool(self.fails):
@@ -376,6 +387,7 @@ class KnownBreak:
         consumer_torch: tuple[int, ...],
         producer_qbc: tuple[int, ...] = (),
         consumer_qbc: tuple[int, ...] = (),
+        consumer: str = "torch",
     ) -> bool:
         """Whether the check (subject, case, engine, format) of that producer, run by that
         consumer, is covered by this entry."""
@@ -387,6 +399,7 @@ class KnownBreak:
                     (case, self.case),
                     (engine, self.engine),
                     (fmt, self.format),
+                    (consumer, self.consumer),
                 )
             )
             and in_range(producer_torch, self.producers)

@@ -18,6 +18,10 @@ relative to the ini file):
   --qbc-subject NAME        qbc_subjects       only these subjects' goldens (repeatable)
   --qbc-update                                 accept today's goldens before checking (below)
   --qbc-results PATH                           write every check's outcome as JSON
+  --qbc-downstream LIST                        also check every exported golden with these
+                            downstream consumers (harness.downstream: comma-separated names, or
+                            ``all``; default none, lowering costs seconds per golden; ``qbc
+                            verify`` runs all)
   --qbc-torch-threads N                        torch intra-op threads in a process that runs
                             golden checks (default 1; 0 keeps torch's default). Goldens are
                             tiny: extra threads only add synchronization (bench/README.md).
@@ -86,6 +90,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--qbc-trust",
         action="store_true",
         help="load code-capable formats even where no sandbox works (listed as trusted)",
+    )
+    group.addoption(
+        "--qbc-downstream",
+        default="",
+        help="downstream consumers that also check every exported golden: comma-separated "
+        "names (executorch, executorch_xnnpack, onnxruntime, inductor, inductor_freezing) or "
+        "'all' (default: none)",
     )
     group.addoption(
         "--qbc-torch-threads",
@@ -171,6 +182,21 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["qbc_run_id"] = node.config.stash[_STATE].run_id
 
 
+def downstream_consumers(config: pytest.Config) -> tuple[str, ...]:
+    """The consumers ``--qbc-downstream`` names (``all``: every one harness.downstream has)."""
+    names = [n.strip() for n in config.getoption("--qbc-downstream").split(",") if n.strip()]
+    if not names or names == ["none"]:
+        return ()
+    from harness.downstream import consumer_names, get_consumer
+
+    if names == ["all"]:
+        return tuple(consumer_names())
+    try:
+        return tuple(get_consumer(n).name for n in names)
+    except KeyError as exc:
+        raise pytest.UsageError(f"--qbc-downstream: {exc.args[0]}") from None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if FIXTURE not in metafunc.fixturenames:
         return
@@ -188,14 +214,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     _set_torch_threads(config)
     subjects = set(subjects_in_scope(config))
     params = []
-    for item in collect(store):
+    for item in collect(store, downstream_consumers(config)):
         g = item.golden
         if subjects and g.subject not in subjects:
             continue
         marks: list[Any] = [pytest.mark.qbc]
         # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
-        # one worker, which then builds today's version of that case once for all of them.
-        marks.append(pytest.mark.xdist_group(f"{g.subject}/{g.engine}/{g.case}"))
+        # one worker, which then builds today's version of that case once for all of them (and,
+        # per downstream consumer, lowers a program that loads the same from two producers once).
+        group = f"{g.subject}/{g.engine}/{g.case}"
+        marks.append(
+            pytest.mark.xdist_group(f"{item.consumer}:{group}" if item.consumer else group)
+        )
         params.append(pytest.param(item, id=item.id, marks=marks))
     if not params:
         config.stash[_STATE].empty_store = store
@@ -360,12 +390,14 @@ class ResultsWriter:
         fields: dict[str, Any] = {
             name: props[prop] for prop, name in rs.PROPERTY_FIELDS.items() if prop in props
         }
+        # a downstream runtime's check names its consumer (harness.downstream); others are ours
+        consumer = fields.pop("consumer", None) or self.consumer
         self.results[check_id] = rs.CheckResult.from_id(
             check_id,
             outcome,
             message=_message(report),
             duration=report.duration,
-            consumer=self.consumer,
+            consumer=consumer,
             **fields,
         )
 

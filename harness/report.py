@@ -54,7 +54,7 @@ def matrix(rows: Rows) -> dict[str, Any]:
     for r in as_results(rows):
         info = consumer_of(r)
         consumers[info["id"]] = info
-        cells[(r.subject, r.engine, r.producer, info["id"])][r.format][r.outcome] += 1
+        cells[(r.subject, r.engine, r.producer, info["id"])][r.base_format][r.outcome] += 1
     ordered = sorted(consumers, key=_version_key)
     return {
         # one label for the single-consumer case (``qbc verify``'s header)
@@ -486,7 +486,8 @@ def compact_results(rows: Rows) -> str:
         d = full.get("drift") or {}
         if d:
             exact = not d.get("max_steps") and not d.get("mismatched")
-            out["drift"] = {"max_steps": d.get("max_steps", 0)} if exact else d
+            kept = {k: d[k] for k in ("delegates", "sqnr_vs_float_db") if k in d}
+            out["drift"] = {"max_steps": d.get("max_steps", 0), **kept} if exact else d
         if r.warnings:
             out["w"] = sorted({index[_warning_key(w)] for w in r.warnings})
         return out
@@ -609,6 +610,16 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
         ]
         for x in d
     ]
+    float_rows = [
+        [r.id, consumer_of(r)["id"], f"{r.drift['sqnr_vs_float_db']:.2f}"]
+        for r in sorted(results, key=lambda r: (r.id, consumer_of(r)["id"]))
+        if r.drift.get("sqnr_vs_float_db") is not None
+    ]
+    delegate_rows = [
+        [r.id, consumer_of(r)["id"], str(int(r.drift["delegates"]))]
+        for r in sorted(results, key=lambda r: (r.id, consumer_of(r)["id"]))
+        if r.drift.get("delegates") is not None
+    ]
     warning_rows = [
         [
             w["consumer"],
@@ -642,6 +653,16 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
             break_rows,
         ),
         (drift_title, ["check", "consumer", "max steps", "mismatched", "min SQNR dB"], drift_rows),
+        (
+            "Quantization error: SQNR of the quantized output vs the float model",
+            ["reproduce check", "consumer", "SQNR dB"],
+            float_rows,
+        ),
+        (
+            "Downstream delegation (programs lowered by a delegating runtime)",
+            ["check", "consumer", "delegates"],
+            delegate_rows,
+        ),
         (
             "Warnings raised while goldens loaded and ran (recorded, not judged)",
             ["consumer", "raised at", "category", "message", "checks", "e.g."],

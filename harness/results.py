@@ -27,10 +27,14 @@ from typing import Any
 CHECK_ID_PROPERTY = "qbc_check"
 #: user property holding the drift numbers (max error in steps, mismatched, SQNR, limit)
 DRIFT_PROPERTY = "qbc_drift"
+#: user property naming a downstream runtime that ran the check (harness.downstream: its id,
+#: runtime name and versions); without it the row's consumer is the process's torch and qbc
+CONSUMER_PROPERTY = "qbc_consumer"
 #: user property -> CheckResult field: what a check records with ``record_property`` lands in
 #: its result row (a helper adding a field adds its property here)
 PROPERTY_FIELDS = {
     DRIFT_PROPERTY: "drift",
+    CONSUMER_PROPERTY: "consumer",
     "qbc_verdict": "verdict",
     "qbc_isa": "isa",
     "qbc_warnings": "warnings",
@@ -102,6 +106,12 @@ class CheckResult:
     @property
     def id(self) -> str:
         return f"{self.golden_id}/{self.format}"
+
+    @property
+    def base_format(self) -> str:
+        """The golden's format: a downstream check ``exported@onnxruntime`` is of ``exported``
+        (its ``consumer`` names the runtime that read it)."""
+        return self.format.split("@", 1)[0]
 
     @property
     def golden_id(self) -> str:

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import compat, isolation, recorded_warnings
+from harness import compat, downstream, isolation, recorded_warnings
 from harness import manifest as mf
 from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
 from harness.graphsig import section
 from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_failure
 from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
-from harness.results import CHECK_ID_PROPERTY, DRIFT_PROPERTY
+from harness.results import CHECK_ID_PROPERTY, CONSUMER_PROPERTY, DRIFT_PROPERTY
 from harness.store import Golden, iter_goldens
 from harness.subjects import check_engine, get_case, get_subject
 
@@ -51,20 +51,26 @@ MANIFEST_CHECK = "manifest"
 class CheckItem:
     golden: Golden
     fmt: str
+    #: a downstream consumer (harness.downstream) that lowers and runs the ``exported`` golden;
+    #: None: today's torch and qbc read it
+    consumer: str | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.golden.id}/{self.fmt}"
+        return f"{self.golden.id}/{self.fmt}" + (f"@{self.consumer}" if self.consumer else "")
 
 
-def collect(store: Path) -> list[CheckItem]:
-    """Every (golden, format) check of the store, in id order."""
+def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
+    """Every (golden, format) check of the store, in id order; with ``consumers``, also one
+    check per downstream consumer of every exported golden (``.../exported@onnxruntime``)."""
     # A golden whose manifest is unusable still gets one (failing) check: see precheck().
-    return [
-        CheckItem(g, f)
-        for g in iter_goldens(store)
-        for f in (sorted(g.formats) or [MANIFEST_CHECK])
-    ]
+    items = []
+    for g in iter_goldens(store):
+        for f in sorted(g.formats) or [MANIFEST_CHECK]:
+            items.append(CheckItem(g, f))
+            if f == "exported":
+                items += [CheckItem(g, f, c) for c in consumers]
+    return items
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
@@ -83,6 +89,7 @@ def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
             compat.torch_version(),
             _release(producer_qbc),
             _release(harness.__version__),
+            item.consumer or "torch",
         ):
             return entry
     return None
@@ -116,8 +123,9 @@ def _cached_build(
     return built, tuple(caught)
 
 
-def _where(golden: Golden, check: str) -> Where:
+def _where(golden: Golden, check: str, consumer: str = "torch") -> Where:
     return Where(
+        consumer=consumer,
         subject=golden.subject,
         engine=golden.engine,
         case=golden.case,
@@ -265,6 +273,8 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
     fmt = get_format(item.fmt)
     path = g.path(item.fmt)  # integrity first, for every file we touch
     input_path = g.path("input")
+    if item.consumer:
+        return run_downstream(item, policy, path, input_path)
     with subject.use_engine(g.engine):
         input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
         today = _today(g.subject, g.case, g.engine, input_key, str(input_path))
@@ -322,6 +332,8 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                         )
                     actual = actual["output"]
         verdict = judge(actual, expected, policy, _where(g, check))
+        if check == "reproduce" and verdict.ok:
+            verdict.float_sqnr_db = sqnr_vs_float(today)
         if not verdict.ok:
             where = first_divergence(item, today)
             detail = verdict.message() + (f"\n{where}" if where else "")
@@ -334,6 +346,86 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
             failure.drift = verdict_record(verdict)  # the report plots failed checks too
             raise failure
         return verdict
+
+
+def sqnr_vs_float(today: Built) -> float | None:
+    """SQNR (dB) of today's quantized output against its float model's on the same inputs:
+    what quantizing costs (export-based cases keep their float model); None without one."""
+    if today.float_model is None:
+        return None
+    import copy
+
+    import torch
+
+    from harness.policy import compare_leaf
+
+    with torch.no_grad():
+        reference = copy.deepcopy(today.float_model).eval()(*today.inputs)
+    if not (isinstance(reference, torch.Tensor) and isinstance(today.expected, torch.Tensor)):
+        return None
+    if reference.shape != today.expected.shape:
+        return None
+    return compare_leaf("output", today.expected.float(), reference.float()).sqnr_db
+
+
+def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path) -> Verdict:
+    """The exported golden at ``path``, lowered by the downstream consumer ``item.consumer`` and
+    run on the stored input, reproduces the stored expected output within policy (check
+    ``downstream``); for a consumer that delegates, nothing but the delegate's plumbing stays
+    outside (check ``delegation``: the failure names the ops left outside).
+
+    The lowering runs in a forked child (a crash, abort or hang fails this golden only) of a
+    process that imported and warmed up the consumer once (harness.downstream).
+    """
+    import torch
+
+    consumer = downstream.get_consumer(item.consumer or "")
+    reason = downstream.unavailable_reason(consumer.name)
+    if reason:
+        raise GoldenSkip(reason)
+    if not isolation.enabled():
+        # a runtime's failed assertion aborts its process (ExecuTorch's kernels do): in the
+        # runner itself, that would end the run rather than fail this golden
+        raise GoldenSkip(
+            f"downstream consumer {consumer.name} lowers only in a forked child; isolation is "
+            "off here (--no-isolation / QBC_ISOLATION=0)"
+        )
+    inputs = tuple(torch.load(input_path, weights_only=True))
+    expected = torch.load(item.golden.path("expected"), weights_only=True)
+    downstream.warm_up(consumer.name)
+    memo = downstream.MEMO.get(consumer.name, {})
+    try:
+        result = isolation.call(downstream.lower_and_run, consumer.name, str(path), inputs, memo)
+    except isolation.IsolatedLoadProblem as problem:
+        kind, detail = isolation.describe(problem)
+        error = problem.type_name if isinstance(problem, isolation.LoadError) else None
+        what = "lowering failed" if kind is isolation.ProblemKind.LOAD_ERROR else kind.value
+        raise _fail(
+            item,
+            f"{consumer.name}: {what}",
+            f"{detail}\nfile: {path}",
+            check="downstream",
+            error=error or type(problem).__name__,
+        ) from None
+    downstream.remember(consumer.name, result)
+    if consumer.whole_graph_delegated and result["outside"]:
+        raise _fail(
+            item,
+            f"{consumer.name}: ops left outside the delegate",
+            f"{result['delegates']} delegate(s); outside: {', '.join(result['outside'])}",
+            check="delegation",
+        )
+    where = _where(item.golden, "downstream", consumer.name)
+    verdict = judge(result["output"], expected, policy, where)
+    verdict.delegates = result["delegates"]
+    if not verdict.ok:
+        raise _fail(
+            item,
+            f"{consumer.name}: output differs from the golden beyond policy",
+            verdict.message(),
+            check="downstream",
+        )
+    return verdict
 
 
 def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
@@ -350,6 +442,10 @@ def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
     }
     if worst.limit_steps is not None:
         record["limit_steps"] = worst.limit_steps
+    if verdict.delegates is not None:
+        record["delegates"] = verdict.delegates
+    if verdict.float_sqnr_db is not None:
+        record["sqnr_vs_float_db"] = round(verdict.float_sqnr_db, 2)
     return record
 
 
@@ -371,6 +467,8 @@ def test_golden(
     # first: whatever happens next, the result is named by its check id (harness.results)
     record_property(CHECK_ID_PROPERTY, qbc_check.id)
     record_property("qbc_sandbox", confinement_of(qbc_check))
+    if qbc_check.consumer:
+        record_property(CONSUMER_PROPERTY, downstream.consumer_info(qbc_check.consumer))
     entry = known_break(qbc_check, qbc_known_breaks)
     if entry is not None:
         record_property("qbc_known_break", entry.name)

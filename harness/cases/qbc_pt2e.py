@@ -258,6 +258,25 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     return torch.randn(*shape, generator=gen)
 
 
+#: the real-architecture rows' recipes (also what bench/arch_sqnr.py compares with torchao)
+ARCHITECTURES: dict[str, Recipe] = {
+    "pt2e_resnet18": Recipe(
+        _with_batch_norm_statistics(arch.resnet18), _symmetric(is_per_channel=True)
+    ),
+    "pt2e_mobilenet_v3_small": Recipe(
+        _with_batch_norm_statistics(arch.mobilenet_v3_small), _symmetric(is_per_channel=True)
+    ),
+    "pt2e_transformer_encoder_layer": Recipe(
+        arch.transformer_encoder_layer, _symmetric(is_per_channel=True)
+    ),
+}
+
+
+def seeded_float_model(case: Case, recipe: Recipe) -> nn.Module:
+    """The float model a row's builder starts from (seeded with the row's seed)."""
+    return _seeded(case.seed, recipe.make_float)
+
+
 def _case(
     name: str,
     recipe: Recipe,
@@ -333,16 +352,14 @@ CASES: list[Case] = [
     # Real architectures (harness/cases/architectures.py): per-channel PTQ of the whole model.
     _case(
         "pt2e_resnet18",
-        Recipe(_with_batch_norm_statistics(arch.resnet18), _symmetric(is_per_channel=True)),
+        ARCHITECTURES["pt2e_resnet18"],
         (1, 3, 64, 64),
         "ResNet-18 (torchvision's structure, widths 4-32, 10 classes, seeded weights and "
         "batch-norm statistics), int8 per-channel weights, static",
     ),
     _case(
         "pt2e_mobilenet_v3_small",
-        Recipe(
-            _with_batch_norm_statistics(arch.mobilenet_v3_small), _symmetric(is_per_channel=True)
-        ),
+        ARCHITECTURES["pt2e_mobilenet_v3_small"],
         (1, 3, 64, 64),
         "MobileNetV3-Small (torchvision's block table at width 0.25: depthwise convs, "
         "hardswish, squeeze-excite; seeded weights and batch-norm statistics), int8 "
@@ -350,7 +367,7 @@ CASES: list[Case] = [
     ),
     _case(
         "pt2e_transformer_encoder_layer",
-        Recipe(arch.transformer_encoder_layer, _symmetric(is_per_channel=True)),
+        ARCHITECTURES["pt2e_transformer_encoder_layer"],
         (1, 16, 64),
         "nn.TransformerEncoderLayer(d_model 64, 4 heads, feed-forward 128, batch first) on 16 "
         "tokens, int8 per-channel weights, static",

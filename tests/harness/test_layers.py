@@ -4,8 +4,9 @@ Layers, top to bottom (a module may import from its own layer or any layer below
 
     cli, report, diff, pytest_plugin            what users run
     verify, generate, retention, regen          the runner, the generator, the store's retention
-    store, integrity, isolation, manifest,      the golden store and the guards around loads
-      atomic, lock, policy, results, sandbox
+    store, integrity, isolation, manifest,      the golden store and the guards around loads,
+      atomic, lock, policy, results, sandbox,     downstream runtimes' lowerings
+      downstream
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
@@ -40,6 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "harness.lock",
         "harness.policy",
         "harness.sandbox",
+        "harness.downstream",
     ),
     ("harness.formats",),
     ("harness.subjects",),

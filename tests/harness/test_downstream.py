@@ -1,0 +1,192 @@
+"""Downstream consumers of exported goldens (harness/downstream.py) as runner checks.
+
+Most tests replace a consumer's lowering with a stand-in (the runner's handling of what a
+runtime gives back is what they specify, and a real lowering costs seconds); the last one lowers
+one committed golden with every real consumer, skipped without the ``downstream`` extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import downstream
+from harness.outcomes import GoldenFailure, GoldenSkip
+from harness.policy import KnownBreak, Policy, Where
+from harness.report import split_id
+from harness.store import iter_goldens
+from harness.verify import CheckItem, collect, known_break, run_check
+
+STORE = Path(__file__).resolve().parents[2] / "golden"
+CASE = "pt2e_two_linear"
+POLICY = Policy.load()
+
+
+def _golden(producer: str = "torch-2.13.0_qbc-0.1.0", case: str = CASE):
+    (golden,) = [
+        g
+        for g in iter_goldens(STORE)
+        if g.subject == "qbc" and g.producer == producer and g.case == case
+    ]
+    return golden
+
+
+def _expected(golden) -> torch.Tensor:
+    return torch.load(golden.path("expected"), weights_only=True)
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch):
+    """Install a consumer ``stand_in`` whose lowering is the given function (forked children
+    inherit it, as they inherit a real consumer's imports)."""
+
+    def install(lower, whole_graph_delegated: bool = False) -> str:
+        consumer = downstream.Consumer(
+            "stand_in", (), (), lower, "test stand-in", whole_graph_delegated
+        )
+        monkeypatch.setitem(downstream.CONSUMERS, "stand_in", consumer)
+        monkeypatch.setitem(downstream.MEMO, "stand_in", {})
+        return "stand_in"
+
+    return install
+
+
+def test_collect_adds_one_check_per_consumer_to_every_exported_golden() -> None:
+    plain = collect(STORE)
+    both = collect(STORE, ("executorch", "onnxruntime"))
+    exported = [i for i in plain if i.fmt == "exported"]
+    extra = [i for i in both if i.consumer]
+    # two consumers: two extra checks per exported golden, and none for any other format
+    assert len(both) == len(plain) + 2 * len(exported)
+    assert {i.fmt for i in extra} == {"exported"}
+    assert f"{_golden().id}/exported@onnxruntime" in {i.id for i in extra}
+
+
+def test_a_downstream_check_id_names_its_format_for_the_report() -> None:
+    cid = f"{_golden().id}/exported@executorch_xnnpack"
+    assert split_id(cid)[4] == "exported"
+
+
+def test_a_consumer_without_its_runtime_is_skipped_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(downstream, "_has_module", lambda name: False)
+    reason = downstream.unavailable_reason("executorch_xnnpack")
+    assert reason is not None
+    assert "'qbc[downstream]'" in reason
+    assert f"torch=={torch.__version__.split('+')[0]}" in reason  # never an unpinned torch
+    with pytest.raises(GoldenSkip, match=r"qbc\[downstream\]"):
+        run_check(CheckItem(_golden(), "exported", "executorch_xnnpack"), POLICY)
+
+
+def test_without_isolation_a_downstream_check_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, stand_in
+) -> None:
+    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs)))
+    monkeypatch.setenv("QBC_ISOLATION", "0")
+    with pytest.raises(GoldenSkip, match="forked child"):
+        run_check(CheckItem(_golden(), "exported", name), POLICY)
+
+
+def test_a_consumer_reproducing_the_stored_output_passes(stand_in) -> None:
+    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs)))
+    verdict = run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert verdict is not None and verdict.ok
+
+
+def test_a_consumer_output_beyond_policy_fails_the_downstream_check(stand_in) -> None:
+    # 2 output steps off on every element: beyond any consumer's rule (at most 2 steps on a
+    # fraction of the elements), and the stand-in matches no rule of its own
+    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs) + 100.0))
+    with pytest.raises(GoldenFailure, match="stand_in: output differs") as info:
+        run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert info.value.check == "downstream"
+
+
+def test_ops_left_outside_the_delegate_fail_the_delegation_check(stand_in) -> None:
+    def lower(program, inputs):
+        return downstream.Lowered(
+            program.module()(*inputs), delegates=2, outside=("aten.native_layer_norm.default",)
+        )
+
+    name = stand_in(lower, whole_graph_delegated=True)
+    with pytest.raises(GoldenFailure, match=r"outside: aten\.native_layer_norm\.default") as info:
+        run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert info.value.check == "delegation"
+
+
+def test_a_runtime_that_aborts_fails_only_that_golden(stand_in) -> None:
+    # ExecuTorch's kernels abort the process on a failed assertion (measured: a float zero
+    # point in dequantize_per_channel); the lowering runs in a child, so this is one failure.
+    name = stand_in(lambda program, inputs: os.abort())
+    with pytest.raises(GoldenFailure, match="native crash") as info:
+        run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert info.value.error == "NativeCrash"
+
+
+def test_a_lowering_error_names_its_exception_type(stand_in) -> None:
+    def lower(program, inputs):
+        raise NotImplementedError("no kernel for quantized_max_pool2d")
+
+    name = stand_in(lower)
+    with pytest.raises(GoldenFailure, match="lowering failed") as info:
+        run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert info.value.error == "NotImplementedError"
+
+
+def test_the_same_program_from_two_releases_is_lowered_once(stand_in) -> None:
+    calls = []
+
+    def lower(program, inputs):
+        calls.append(1)
+        return downstream.Lowered(program.module()(*inputs))
+
+    name = stand_in(lower)
+    first = downstream.lower_and_run(name, str(_golden().path("exported")), _inputs(_golden()), {})
+    memo = {first["key"]: {k: first[k] for k in ("output", "delegates", "outside")}}
+    # torch 2.14.1 wrote the same program (graph, weights, inputs) as torch 2.13.0
+    again = downstream.lower_and_run(
+        name, str(_golden("torch-2.14.1_qbc-0.1.0").path("exported")), _inputs(_golden()), memo
+    )
+    assert (first["memo"], again["memo"], again["key"]) == (False, True, first["key"])
+    assert len(calls) == 1
+
+
+def test_the_program_key_changes_with_any_weight() -> None:
+    golden = _golden()
+    program = torch.export.load(str(golden.path("exported")))
+    key = downstream.program_key(program, _inputs(golden))
+    name = next(iter(program.state_dict))
+    program.state_dict[name] = program.state_dict[name] + 1
+    assert downstream.program_key(program, _inputs(golden)) != key
+
+
+def _inputs(golden) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.load(golden.path("input"), weights_only=True))
+
+
+def test_policy_rules_and_known_breaks_match_on_the_consumer() -> None:
+    policy = Policy({"default": {}, "rule": [{"consumer": "onnxruntime", "max_steps": 2}]})
+    where = Where("qbc", "reference", CASE, "p", "downstream", "avx2", "avx2")
+    onnx = dataclasses.replace(where, consumer="onnxruntime")
+    assert policy.tolerance(onnx, "float32").max_steps == 2
+    assert policy.tolerance(where, "float32").max_steps == 0  # "torch": the rule does not apply
+    entry = KnownBreak("b", "r", consumer="onnxruntime", case=CASE, raises="ConversionError")
+    golden = _golden()
+    assert known_break(CheckItem(golden, "exported", "onnxruntime"), [entry]) is entry
+    assert known_break(CheckItem(golden, "exported"), [entry]) is None
+
+
+@pytest.mark.parametrize("consumer", downstream.consumer_names())
+def test_every_consumer_runs_a_committed_golden_within_policy(consumer: str) -> None:
+    reason = downstream.unavailable_reason(consumer)
+    if reason:
+        pytest.skip(reason)
+    verdict = run_check(CheckItem(_golden(), "exported", consumer), POLICY)
+    assert verdict is not None and verdict.ok
+    # XNNPACK takes the whole Linear -> Linear program as one delegate
+    assert verdict.delegates == (1 if consumer == "executorch_xnnpack" else None)
