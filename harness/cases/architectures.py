@@ -8,13 +8,16 @@ definitions; only the channel widths (and the classifier) are narrowed:
   BasicBlocks (conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the identity or a strided
   conv1x1 -> BN downsample, add, ReLU), global average pool, flatten, linear. Stage widths
   ``w, 2w, 4w, 8w`` with ``w = 4`` (torchvision: 64), so the golden stays under 1 MB.
-- :func:`mobilenet_v3_small`: stem conv 3x3/2 -> BN -> hardswish, eleven inverted residual
-  blocks (expand conv1x1 -> BN -> act, depthwise conv kxk -> BN -> act, optional
-  squeeze-excite: avg-pool -> conv1x1 -> ReLU -> conv1x1 -> hardsigmoid -> mul, project
-  conv1x1 -> BN, residual add when the shape is kept), last conv1x1 -> BN -> hardswish,
-  avg-pool, linear -> hardswish -> dropout -> linear. torchvision's block table with a width
-  multiplier of 0.25 (channels rounded to multiples of 8, as torchvision's width multiplier
-  does).
+- :func:`mobilenet_v3_small`: stem conv 3x3/2 -> BN -> hardswish, inverted residual blocks
+  (expand conv1x1 -> BN -> act, depthwise conv kxk -> BN -> act, optional squeeze-excite:
+  avg-pool -> conv1x1 -> ReLU -> conv1x1 -> hardsigmoid -> mul, project conv1x1 -> BN,
+  residual add when the shape is kept), last conv1x1 -> BN -> hardswish, avg-pool, linear ->
+  hardswish -> dropout -> linear. torchvision's block table with a width multiplier of 0.25
+  (channels rounded to multiples of 8, as torchvision's width multiplier does), cut to its first
+  five blocks: each kind of block is still there (without and with expansion, ReLU and
+  hardswish, with and without squeeze-excite, 3x3 and 5x5 depthwise, strides 2 and 1, with and
+  without the residual add). All eleven blocks make a 414-node graph whose ``.pt2`` alone is
+  1 MB (its JSON grows with the node count, not with the widths).
 - :func:`transformer_encoder_layer`: ``torch.nn.TransformerEncoderLayer`` itself (d_model 64,
   4 heads): multi-head attention (in-projection, scaled dot-product, out-projection), residual
   adds, layer norms and a ReLU feed-forward of width 128 (default 2048).
@@ -152,7 +155,11 @@ _SMALL = (
 
 class MobileNetV3Small(nn.Module):
     def __init__(
-        self, width_mult: float = 0.25, last_channel: int = 128, num_classes: int = 10
+        self,
+        width_mult: float = 0.25,
+        last_channel: int = 128,
+        num_classes: int = 10,
+        blocks: tuple[tuple[int, int, int, int, bool, str, int], ...] = _SMALL[:5],
     ) -> None:
         super().__init__()
 
@@ -161,10 +168,10 @@ class MobileNetV3Small(nn.Module):
 
         acts = {"RE": nn.ReLU, "HS": nn.Hardswish}
         layers: list[nn.Module] = [_conv_bn_act(3, w(16), 3, 2, act=nn.Hardswish)]
-        for cin, k, exp, cout, se, act, stride in _SMALL:
+        for cin, k, exp, cout, se, act, stride in blocks:
             layers.append(InvertedResidual(w(cin), k, w(exp), w(cout), se, acts[act], stride))
-        last_conv = 6 * w(_SMALL[-1][3])
-        layers.append(_conv_bn_act(w(_SMALL[-1][3]), last_conv, 1, act=nn.Hardswish))
+        last_conv = 6 * w(blocks[-1][3])
+        layers.append(_conv_bn_act(w(blocks[-1][3]), last_conv, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(

@@ -361,9 +361,9 @@ CASES: list[Case] = [
         "pt2e_mobilenet_v3_small",
         ARCHITECTURES["pt2e_mobilenet_v3_small"],
         (1, 3, 64, 64),
-        "MobileNetV3-Small (torchvision's block table at width 0.25: depthwise convs, "
-        "hardswish, squeeze-excite; seeded weights and batch-norm statistics), int8 "
-        "per-channel weights, static",
+        "MobileNetV3-Small (torchvision's block table at width 0.25, its first five blocks: "
+        "depthwise convs, hardswish, squeeze-excite, residual adds; seeded weights and "
+        "batch-norm statistics), int8 per-channel weights, static",
     ),
     _case(
         "pt2e_transformer_encoder_layer",
