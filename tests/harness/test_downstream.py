@@ -17,7 +17,7 @@ import torch
 from harness import downstream
 from harness.outcomes import GoldenFailure, GoldenSkip
 from harness.policy import KnownBreak, Policy, Where
-from harness.report import split_id
+from harness.results import CheckResult
 from harness.store import iter_goldens
 from harness.verify import CheckItem, collect, known_break, run_check
 
@@ -66,9 +66,10 @@ def test_collect_adds_one_check_per_consumer_to_every_exported_golden() -> None:
     assert f"{_golden().id}/exported@onnxruntime" in {i.id for i in extra}
 
 
-def test_a_downstream_check_id_names_its_format_for_the_report() -> None:
+def test_a_downstream_result_keeps_its_id_and_names_its_golden_format() -> None:
     cid = f"{_golden().id}/exported@executorch_xnnpack"
-    assert split_id(cid)[4] == "exported"
+    result = CheckResult.from_id(cid, "passed")
+    assert (result.id, result.base_format) == (cid, "exported")
 
 
 def test_a_consumer_without_its_runtime_is_skipped_with_the_install_command(
