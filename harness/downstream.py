@@ -42,6 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: seconds one lowering may take before its child is killed (``QBC_DOWNSTREAM_TIMEOUT``):
+#: a 150-node program takes ~100 s of Inductor compiling on a loaded 2-core machine
+TIMEOUT = float(os.environ.get("QBC_DOWNSTREAM_TIMEOUT", 900))
 #: the pip command a skipped downstream check names
 INSTALL_HINT = "pip install torch=={torch} 'qbc[downstream]'"
 #: node targets that may stay outside an XNNPACK delegate: the delegate call and the tuple

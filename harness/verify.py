@@ -395,7 +395,14 @@ def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path
     downstream.warm_up(consumer.name)
     memo = downstream.MEMO.get(consumer.name, {})
     try:
-        result = isolation.call(downstream.lower_and_run, consumer.name, str(path), inputs, memo)
+        result = isolation.call(
+            downstream.lower_and_run,
+            consumer.name,
+            str(path),
+            inputs,
+            memo,
+            timeout=downstream.TIMEOUT,
+        )
     except isolation.IsolatedLoadProblem as problem:
         kind, detail = isolation.describe(problem)
         error = problem.type_name if isinstance(problem, isolation.LoadError) else None
