@@ -155,8 +155,12 @@ class _Progress:
             return
         from tqdm import tqdm
 
+        try:  # a terminal that reports no size (a bare pty) still gets a bar
+            columns = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except OSError:
+            columns = 80
         self.bar = tqdm(
-            total=total, desc="qbc verify", unit="check", file=self.stream, dynamic_ncols=True
+            total=total, desc="qbc verify", unit="check", file=self.stream, ncols=columns
         )
 
     def pytest_collection_finish(self, session: Any) -> None:
@@ -408,11 +412,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from harness.diff import diff_goldens
+    from harness.outcomes import IntegrityError
 
     for path in (args.a, args.b):
         if not (Path(path) / "manifest.json").is_file():
             raise UserError(f"{path} is not a golden folder (no manifest.json there)")
-    report, same = diff_goldens(Path(args.a), Path(args.b))
+    try:
+        report, same = diff_goldens(Path(args.a), Path(args.b))
+    except IntegrityError as exc:
+        raise UserError(str(exc)) from None
     print(report)
     return EXIT_OK if same else EXIT_REGRESSION
 

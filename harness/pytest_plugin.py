@@ -283,6 +283,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.user_properties.append((rs.CHECK_ID_PROPERTY, check.id))
     if check is not None:
         report.sections = [s for s in map(_without_trace_records, report.sections) if s[1]]
+        if call.excinfo is not None:
+            # the failure's own text, without pytest's "module.Class: " prefix (travels to the
+            # xdist controller with the report)
+            report.qbc_message = str(call.excinfo.value)  # type: ignore[attr-defined]
     return report
 
 
@@ -406,6 +410,8 @@ class ResultsWriter:
 
 
 def _message(report: pytest.TestReport) -> str:
+    if report.failed and getattr(report, "qbc_message", None):
+        return str(report.qbc_message)  # type: ignore[attr-defined]
     if report.failed:
         crash = getattr(report.longrepr, "reprcrash", None)
         return str(crash.message) if crash is not None else str(report.longrepr)

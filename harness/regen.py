@@ -13,7 +13,8 @@ Every regeneration says what it changed, comparing the goldens before and after:
 
 ``--check`` compares a fresh generation with the store: deterministic formats must be
 bit-identical; the others (state_dict_legacy, whose pickle embeds per-process keys; TorchScript
-archives, whose debug tables record call stacks) must have equal loaded contents. A golden
+archives, whose debug tables record call stacks) must have equal contents (a TorchScript
+archive's code and every storage, packed parameters included, compared without loading it). A golden
 present on one side only is drift too. Exit status 0: no drift; 1: drift (listed); 2: usage
 error.
 
@@ -24,6 +25,8 @@ store needs ``--subject``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 import shutil
 import sys
 import tempfile
@@ -72,17 +75,15 @@ def subjects_to_regenerate(store: Path, subjects: Sequence[str] | None) -> list[
     return present
 
 
-def _contents(path: Path, trusted: bool = False) -> Any:
+def contents(path: Path, trusted: bool = False) -> Any:
+    """What a tensor or TorchScript file holds, for comparing two of them: ``torch.load``
+    (weights_only unless ``trusted``), or a TorchScript archive's entries (:func:`archive`)."""
     import torch
 
     if zipfile.is_zipfile(path) and any(
         n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()
     ):
-        # A TorchScript archive: its debug tables record the Python call stack at trace time
-        # (paths, line numbers), so compare what runs instead: every submodule's code and state.
-        module = torch.jit.load(str(path))
-        code = [getattr(m, "code", "") for m in module.modules()]
-        return {"code": code, "state": module.state_dict()}
+        return archive(path)
     try:
         return torch.load(path, weights_only=True)
     except Exception:
@@ -93,16 +94,64 @@ def _contents(path: Path, trusted: bool = False) -> Any:
         return torch.load(path, weights_only=False)
 
 
-def _plain(value: Any) -> Any:
+#: TorchScript archive entries that record where and when it was written, not what it holds:
+#: debug tables (source paths, call stacks) and a per-save id
+_ARCHIVE_NOISE = (".debug_pkl", ".data/serialization_id")
+#: TorchScript numbers the classes it compiles per process (``___torch_mangle_28``) and files
+#: the first class of a module as ``container.py``, later ones as
+#: ``container/___torch_mangle_5.py``: where a class lands says how many modules were scripted
+#: before it in that process, not what it is
+_MANGLE = re.compile(r"___torch_mangle_\d+")
+_MANGLED_FILE = re.compile(r"/___torch_mangle(_\d+)?\.py$")
+#: pickle opcodes that say how the stream is laid out, not what it holds
+_PICKLE_LAYOUT = {"PROTO", "FRAME"}
+
+
+def archive(path: Path) -> dict[str, str]:
+    """A TorchScript archive's contents without loading it (nothing in it runs): its code as
+    text, grouped by the module it defines classes of; its pickles as their opcodes; its
+    tensor and packed-parameter storages by sha256. Names lose the archive's top folder (the
+    file's name) and class mangling."""
+    code: dict[str, list[str]] = {}
+    out: dict[str, str] = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            name = info.filename.split("/", 1)[-1]
+            if name.endswith(_ARCHIVE_NOISE):
+                continue
+            data = z.read(info)
+            if name.endswith(".py"):
+                text = _MANGLE.sub("___torch_mangle", data.decode("utf-8", "replace"))
+                code.setdefault(_MANGLED_FILE.sub(".py", name), []).append(text)
+            elif name.endswith(".pkl"):
+                out[name] = _pickle_text(data)
+            else:
+                out[name] = hashlib.sha256(data).hexdigest()
+    out.update({name: "".join(sorted(texts)) for name, texts in code.items()})
+    return out
+
+
+def _pickle_text(data: bytes) -> str:
+    """A pickle as its opcodes and arguments, one per line (read, never executed)."""
+    import pickletools
+
+    lines = []
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name not in _PICKLE_LAYOUT:
+            lines.append(f"{op.name} {_MANGLE.sub('___torch_mangle', repr(arg))}")
+    return "\n".join(lines) + "\n"
+
+
+def plain(value: Any) -> Any:
     """ScriptObjects (packed params) compared through their serialized state."""
     import torch
 
     if isinstance(value, torch.ScriptObject):
-        return _plain(value.__getstate__())
+        return plain(value.__getstate__())
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(plain(v) for v in value)
     return value
 
 
@@ -150,8 +199,8 @@ def _compare_golden(a: Golden, b: Golden) -> GoldenChange:
             # bit-identity is the contract; loading would only add risk (TorchScript runs code)
             change.formats[fmt] = hashes
             continue
-        va = flatten(_plain(_contents(a.path(fmt), fmt in trusted_load)))
-        vb = flatten(_plain(_contents(b.path(fmt), fmt in trusted_load)))
+        va = flatten(plain(contents(a.path(fmt), fmt in trusted_load)))
+        vb = flatten(plain(contents(b.path(fmt), fmt in trusted_load)))
         if va.keys() != vb.keys():
             change.formats[fmt] = f"entries differ: {sorted(va.keys() ^ vb.keys())}"
             continue
