@@ -1,22 +1,28 @@
-"""Run qbc's tests, its main job (verify the golden store) and golden regeneration per torch release.
+"""Run qbc's tests, its main job (verify the golden store), golden regeneration and lint.
 
     nox -l                                   # list sessions
     nox                                      # tests + verify on the default release (2.13.0)
     nox -s "verify(torch='2.14.1')"          # old and new goldens on torch 2.14.1
     nox -s "regen(torch='2.6.0')"            # write goldens as producer torch-2.6.0
     nox -s "tests(torch='2.6.0')" -- tests/quant -x   # extra arguments go to the command
+    nox -s lint                              # ruff check + ruff format --check
+    nox -R -s "tests(torch='2.13.0')"        # reuse the session's venv, install nothing
 
-One venv per torch release, shared by the three sessions and reused between runs: a torch
-install is 1-5 GB (2.14.1 comes from local disk, older releases download CUDA builds), so three
-copies per release would waste disk and time. Venvs live in ``$QBC_VENVS`` (default
-``.nox/venvs``); point it at prebuilt ones, e.g. ``QBC_VENVS=/work/venvs``. torch is always
-pinned: an unpinned ``torch`` pulls a multi-GB CUDA build.
+Each session has its own virtualenv, managed by nox, so nox's own flags work: ``-r`` reuses a
+venv, ``-R`` reuses it without installing, ``--install-only`` only installs. The backend is uv
+when it is installed (its cache hardlinks torch into each venv, so three sessions of a release
+cost one copy of it on disk), else virtualenv. torch is always pinned: an unpinned ``torch``
+pulls a multi-GB CUDA build.
+
+Prebuilt venvs: with ``QBC_VENVS=/work/venvs`` the torch sessions run in
+``$QBC_VENVS/torch-<release>`` instead (torch already there; qbc is installed into it in nox's
+install step, which ``--no-install`` skips), which saves downloading a multi-GB torch build
+per session for older releases.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import nox
@@ -29,41 +35,55 @@ TORCH_RELEASES = [
 ]  # fmt: skip
 
 nox.options.sessions = [f"tests(torch='{DEFAULT_TORCH}')", f"verify(torch='{DEFAULT_TORCH}')"]
-nox.options.reuse_venv = "yes"
 
-VENVS = Path(os.environ.get("QBC_VENVS", Path(__file__).parent / ".nox" / "venvs"))
-
-
-def torch_venv(session: nox.Session, torch: str) -> Path:
-    """Create (once) the venv for this torch release, install pinned torch and qbc; return bin/."""
-    venv = VENVS / f"torch-{torch}"
-    if not (venv / "bin" / "python").exists():
-        session.run(sys.executable, "-m", "venv", str(venv), external=True)
-    pip = str(venv / "bin" / "pip")
-    session.run(pip, "install", "--disable-pip-version-check", "-q", f"torch=={torch}",
-                "-e", ".[test]", external=True)  # fmt: skip
-    return venv / "bin"
+PREBUILT = os.environ.get("QBC_VENVS")
+# The venv of a torch session: nox's own (uv when available), or a prebuilt one (no backend).
+TORCH_BACKEND = "none" if PREBUILT else "uv|virtualenv"
 
 
-@nox.session(venv_backend="none")
+def with_torch(session: nox.Session, torch: str) -> str:
+    """Install pinned torch and qbc (with its test extra) for ``session``; return the folder
+    of the venv's executables ("" for nox's own venv, whose bin/ is already on PATH)."""
+    if not PREBUILT:
+        session.install(f"torch=={torch}", "-e", ".[test]")
+        return ""
+    bin_dir = Path(PREBUILT) / f"torch-{torch}" / "bin"
+    if not (bin_dir / "python").exists():
+        session.error(f"QBC_VENVS: no venv at {bin_dir.parent} (create it with torch=={torch})")
+    session.run_install(
+        str(bin_dir / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+        f"torch=={torch}", "-e", ".[test]", external=True,
+    )  # fmt: skip
+    return f"{bin_dir}/"
+
+
+@nox.session(venv_backend=TORCH_BACKEND)
 @nox.parametrize("torch", TORCH_RELEASES)
 def tests(session: nox.Session, torch: str) -> None:
     """The unit tests and the BC runner (pytest, all cores)."""
-    bin_dir = torch_venv(session, torch)
-    session.run(str(bin_dir / "pytest"), "-n", "auto", *session.posargs, external=True)
+    bin_dir = with_torch(session, torch)
+    session.run(f"{bin_dir}pytest", "-n", "auto", *session.posargs, external=bool(bin_dir))
 
 
-@nox.session(venv_backend="none")
+@nox.session(venv_backend=TORCH_BACKEND)
 @nox.parametrize("torch", TORCH_RELEASES)
 def verify(session: nox.Session, torch: str) -> None:
     """The main job: every producer's goldens verified on this torch release."""
-    bin_dir = torch_venv(session, torch)
-    session.run(str(bin_dir / "qbc"), "verify", *session.posargs, external=True)
+    bin_dir = with_torch(session, torch)
+    session.run(f"{bin_dir}qbc", "verify", *session.posargs, external=bool(bin_dir))
 
 
-@nox.session(venv_backend="none")
+@nox.session(venv_backend=TORCH_BACKEND)
 @nox.parametrize("torch", TORCH_RELEASES)
 def regen(session: nox.Session, torch: str) -> None:
     """Write this release's goldens (its own producer folder; other producers are untouched)."""
-    bin_dir = torch_venv(session, torch)
-    session.run(str(bin_dir / "python"), "tools/regen_goldens.py", *session.posargs, external=True)
+    bin_dir = with_torch(session, torch)
+    session.run(f"{bin_dir}qbc", "regen", *session.posargs, external=bool(bin_dir))
+
+
+@nox.session(venv_backend="uv|virtualenv")
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting, as CONTRIBUTING asks before every commit."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

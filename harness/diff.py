@@ -16,13 +16,12 @@ are compared by their bytes (loading them would run their programs).
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from harness.integrity import load_manifest, verified_file
 from harness.policy import compare_leaf, flatten
-from harness.regen import contents, plain
+from harness.regen import contents, plain, text_diff
 
 #: formats compared by bytes only
 BYTES_ONLY = ("exported", "package")
@@ -53,20 +52,10 @@ def _values(fmt: str, path: Path) -> dict[str, Any]:
     return flatten(value, {"expected": "output"}.get(fmt, fmt))
 
 
-def _text_diff(a: str, b: str, name: str = "") -> list[str]:
-    label = f" {name}" if name else ""
-    return [
-        line.rstrip("\n")
-        for line in difflib.unified_diff(
-            a.splitlines(True), b.splitlines(True), f"A{label}", f"B{label}", n=1
-        )
-    ]
-
-
 def _compare(fmt: str, pa: Path, pb: Path) -> list[str]:
     """The differences between two files of ``fmt`` (empty: same contents)."""
     if fmt == "graph":
-        return _text_diff(pa.read_text(), pb.read_text())
+        return text_diff(pa.read_text(), pb.read_text())
     if fmt in BYTES_ONLY:
         return ["contents not compared (loading runs the program): bytes differ"]
     try:
@@ -78,7 +67,7 @@ def _compare(fmt: str, pa: Path, pb: Path) -> list[str]:
         a, b = va[name], vb[name]
         if isinstance(a, str) and isinstance(b, str):  # code (a diff) or an entry's sha256
             if a != b:
-                out += _text_diff(a, b, name) if "\n" in a + b else [f"{name}: {a} (A) != {b} (B)"]
+                out += text_diff(a, b, name) if "\n" in a + b else [f"{name}: {a} (A) != {b} (B)"]
             continue
         stats = compare_leaf(name, b, a)
         if stats.problem or stats.max_steps > 0:

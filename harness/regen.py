@@ -25,6 +25,7 @@ store needs ``--subject``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import re
 import shutil
@@ -101,8 +102,7 @@ _ARCHIVE_NOISE = (".debug_pkl", ".data/serialization_id")
 #: the first class of a module as ``container.py``, later ones as
 #: ``container/___torch_mangle_5.py``: where a class lands says how many modules were scripted
 #: before it in that process, not what it is
-_MANGLE = re.compile(r"___torch_mangle_\d+")
-_MANGLED_FILE = re.compile(r"/___torch_mangle(_\d+)?\.py$")
+_MANGLE = re.compile(r"[./]___torch_mangle_\d+")
 #: pickle opcodes that say how the stream is laid out, not what it holds
 _PICKLE_LAYOUT = {"PROTO", "FRAME"}
 
@@ -121,8 +121,8 @@ def archive(path: Path) -> dict[str, str]:
                 continue
             data = z.read(info)
             if name.endswith(".py"):
-                text = _MANGLE.sub("___torch_mangle", data.decode("utf-8", "replace"))
-                code.setdefault(_MANGLED_FILE.sub(".py", name), []).append(text)
+                text = _MANGLE.sub("", data.decode("utf-8", "replace"))
+                code.setdefault(_MANGLE.sub("", name), []).append(text)
             elif name.endswith(".pkl"):
                 out[name] = _pickle_text(data)
             else:
@@ -138,8 +138,19 @@ def _pickle_text(data: bytes) -> str:
     lines = []
     for op, arg, _pos in pickletools.genops(data):
         if op.name not in _PICKLE_LAYOUT:
-            lines.append(f"{op.name} {_MANGLE.sub('___torch_mangle', repr(arg))}")
+            lines.append(f"{op.name} {_MANGLE.sub('', repr(arg))}")
     return "\n".join(lines) + "\n"
+
+
+def text_diff(a: str, b: str, name: str = "") -> list[str]:
+    """A unified diff of two texts (one line of context), old ``A`` to new ``B``."""
+    label = f" {name}" if name else ""
+    return [
+        line.rstrip("\n")
+        for line in difflib.unified_diff(
+            a.splitlines(True), b.splitlines(True), f"A{label}", f"B{label}", n=1
+        )
+    ]
 
 
 def plain(value: Any) -> Any:
@@ -206,6 +217,12 @@ def _compare_golden(a: Golden, b: Golden) -> GoldenChange:
             continue
         differing = []
         for name in sorted(va):
+            if isinstance(va[name], str) and isinstance(vb[name], str):
+                if va[name] != vb[name]:
+                    differing.append(
+                        f"{name} differs: " + " / ".join(text_diff(va[name], vb[name])[3:8])
+                    )
+                continue
             stats = compare_leaf(name, vb[name], va[name])
             if stats.problem or stats.max_steps > 0:
                 differing.append(stats.summary())
