@@ -58,7 +58,7 @@ def test_a_store_without_goldens_collects_nothing_and_exits_5(project: Path) -> 
     done = pytest_run(project, "test_gate.py", "--qbc-store", "empty")
 
     assert done.returncode == 5  # pytest's "no tests collected"
-    assert "the golden store empty has no goldens" in done.stdout
+    assert f"the golden store {project / 'empty'} has no goldens" in done.stdout
 
 
 def test_ini_options_name_the_store_policy_and_known_breaks(project: Path) -> None:
