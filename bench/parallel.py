@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Timing, alternate, header, make_store, ratio_line, selection
 
-TARGET = 1.7
+TARGET = 1.4  # wall, on the shared 2 cores (issue 15); 1.6 CPU-projected
 
 
 def pytest_cmd(store: Path, workers: int, extra: list[str]) -> list[str]:
@@ -51,46 +51,65 @@ def bench(
     torch_threads: int | None = None,
     all_producers: bool = False,
 ) -> dict[str, Any]:
+    """``dist``: comma-separated xdist modes, each timed as its own ``-n 2`` run against the
+    same ``-n 0`` run (``default``: no ``--dist``, i.e. what ``pytest -n 2`` does)."""
     header("parallelism: pytest tests/bc -n 2 vs -n 0")
-    extra = ["--dist", dist] if dist else []
+    extra: list[str] = []
     if torch_threads is not None:
         extra.append(f"--qbc-torch-threads={torch_threads}")
+    modes = (dist or "default").split(",")
     with tempfile.TemporaryDirectory(prefix="qbc-bench-store-") as tmp:
         store = Path(tmp) / "golden"
         sel = selection(engines, all_producers)
         n = make_store(store, **sel)
         print(f"store: copy of the committed goldens {sel} ({n} goldens)")
-        print(f"options: {' '.join(extra) or '(defaults)'}")
-        serial, par = Timing("-n 0"), Timing("-n 2")
-        alternate(
-            [(pytest_cmd(store, 0, extra), serial), (pytest_cmd(store, 2, extra), par)], repeats
+        print(f"options: {' '.join(extra) or '(defaults)'}; -n 2 modes: {', '.join(modes)}")
+        serial = Timing("-n 0")
+        pars = {m: Timing(f"-n 2 ({m})") for m in modes}
+        runs = [(pytest_cmd(store, 0, extra), serial)]
+        for m, t in pars.items():
+            runs.append(
+                (pytest_cmd(store, 2, extra + ([] if m == "default" else ["--dist", m])), t)
+            )
+        alternate(runs, repeats)
+    print("  " + serial.describe())
+    out: dict[str, Any] = {"n0_wall": serial.wall_med, "modes": {}}
+    for m, par in pars.items():
+        print("  " + par.describe())
+        speedup = serial.wall_med / par.wall_med
+        met = speedup >= TARGET
+        print("    " + ratio_line("speed-up -n 0 / -n 2 (wall)", speedup, f">= {TARGET}", met))
+        print(
+            "    " + ratio_line("cpu -n 2 / -n 0 (duplicated work)", par.cpu_med / serial.cpu_med)
         )
-    for t in (serial, par):
-        print("  " + t.describe())
-    speedup = serial.wall_med / par.wall_med
-    print(
-        "  " + ratio_line("speed-up -n 0 / -n 2 (wall)", speedup, f">= {TARGET}", speedup >= TARGET)
+        # On 2 idle cores wall(-n 0) ~ its CPU and wall(-n 2) ~ half its CPU (balanced workers):
+        # the speed-up this run's CPU costs would give without the other processes' load.
+        idle = 2 * serial.cpu_med / par.cpu_med
+        print("    " + ratio_line("projected speed-up on 2 idle cores (2 cpu0/cpu2)", idle))
+        out["modes"][m] = {
+            "speedup": speedup,
+            "cpu_ratio": par.cpu_med / serial.cpu_med,
+            "idle_projection": idle,
+            "n2_wall": par.wall_med,
+        }
+    first = out["modes"][modes[0]]
+    out.update(first)  # the first mode's figures at the top level (bench/run_all.py reads them)
+    out["spread"] = (
+        max([serial.spread(), *(p.spread() for p in pars.values())])
+        if repeats > 1
+        else float("nan")
     )
-    print("  " + ratio_line("cpu -n 2 / -n 0 (duplicated work)", par.cpu_med / serial.cpu_med))
-    # On 2 idle cores wall(-n 0) ~ its CPU and wall(-n 2) ~ half its CPU (balanced workers):
-    # the speed-up this run's CPU costs would give without the other processes' load.
-    idle = 2 * serial.cpu_med / par.cpu_med
-    print("  " + ratio_line("projected speed-up on 2 idle cores (2 cpu0/cpu2)", idle))
-    return {
-        "speedup": speedup,
-        "cpu_ratio": par.cpu_med / serial.cpu_med,
-        "idle_projection": idle,
-        "n0_wall": serial.wall_med,
-        "n2_wall": par.wall_med,
-        "spread": max(serial.spread(), par.spread()) if repeats > 1 else float("nan"),
-    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--engine", action="append", help="only goldens of this engine (repeatable)")
-    p.add_argument("--dist", help="pytest-xdist --dist mode (default: xdist's own default)")
+    p.add_argument(
+        "--dist",
+        help="comma-separated xdist --dist modes to time (default: none given, as a user runs it)",
+    )
     p.add_argument("--torch-threads", type=int, help="--qbc-torch-threads for the runner")
     p.add_argument("--all-producers", action="store_true", help="every producer, not only today's")
     args = p.parse_args(argv)

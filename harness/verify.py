@@ -103,24 +103,51 @@ def _release(version: str) -> tuple[int, ...]:
 
 def _today(subject: str, case: str, engine: str, input_key: str, input_path: str) -> Built:
     """Today's build of (case, engine) on the stored inputs, cached per process; the warnings
-    the build raised are replayed into every check that uses it, cached or not."""
-    built, caught = _cached_build(subject, case, engine, input_key, input_path)
+    the build raised are replayed into every check that uses it, cached or not.
+
+    The cache is keyed by the inputs' content, not their file: producers write the same seeded
+    inputs in different bytes (torch 2.6's zip layout differs from 2.13's), and every producer's
+    golden of a case shares one build in a process that sees them all."""
+    inputs, content_key, load_warnings = _stored_inputs(input_key, input_path)
+    key = (subject, case, engine, content_key)
+    if key not in _BUILDS:
+        with recorded_warnings.recording() as caught:
+            built = get_case(subject, case).builder(
+                BuildContext(get_case(subject, case), engine, inputs=inputs)
+            )
+        _BUILDS[key] = (built, tuple(caught))
+    built, caught = _BUILDS[key]
+    recorded_warnings.replay(load_warnings)
     recorded_warnings.replay(caught)
     return built
 
 
-@functools.lru_cache(maxsize=1024)  # a few hundred tiny models at most
-def _cached_build(
-    subject: str, case: str, engine: str, input_key: str, input_path: str
-) -> tuple[Built, tuple[recorded_warnings.Recorded, ...]]:
+#: today's builds by (subject, case, engine, input content): a few hundred tiny models at most
+_BUILDS: dict[tuple[str, str, str, str], tuple[Built, tuple[recorded_warnings.Recorded, ...]]] = {}
+
+
+def forget_builds() -> None:
+    """Drop the cached builds and inputs of :func:`_today` (a benchmark's cold runner)."""
+    _BUILDS.clear()
+    _stored_inputs.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored_inputs(
+    input_key: str, input_path: str
+) -> tuple[tuple[Any, ...], str, tuple[recorded_warnings.Recorded, ...]]:
+    """The stored inputs of the file with sha256 ``input_key``, a key for their content (the
+    sha256 of the bytes today's torch writes for them: equal for equal values), and the
+    warnings loading them raised (replayed into every check that uses them)."""
+    import io
+
     import torch
 
     with recorded_warnings.recording() as caught:
-        inputs = torch.load(input_path, weights_only=True)
-        built = get_case(subject, case).builder(
-            BuildContext(get_case(subject, case), engine, inputs=tuple(inputs))
-        )
-    return built, tuple(caught)
+        inputs = tuple(torch.load(input_path, weights_only=True))
+        buf = io.BytesIO()
+        torch.save(inputs, buf)
+    return inputs, hashlib.sha256(buf.getvalue()).hexdigest(), tuple(caught)
 
 
 def _where(golden: Golden, check: str, consumer: str = "torch") -> Where:
