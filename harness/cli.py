@@ -251,9 +251,13 @@ def run_verify(
         "--assert=plain",
     ]  # fmt: skip
     if workers not in ("0", ""):
-        # xdist's default "load": "loadgroup" (one worker per case, every producer) cost
-        # 15-20 % more worker CPU on the committed store, measured (bench/README.md)
         args += ["-n", workers]
+        if downstream and downstream != "none":
+            # one worker per (subject, engine, case), every producer: a program is lowered once
+            # per consumer (harness.downstream memoizes by content). Without downstream checks
+            # xdist's "load" is cheaper: "loadgroup" cost 15-20 % more worker CPU there,
+            # measured (bench/README.md).
+            args += ["--dist", "loadgroup"]
     for flag, value in (("-k", expr), ("--junitxml", junitxml), ("--qbc-policy", policy)):
         if value:
             args += [flag, value]
