@@ -6,6 +6,7 @@
     nox -s "regen(torch='2.6.0')"            # write goldens as producer torch-2.6.0
     nox -s "tests(torch='2.6.0')" -- tests/quant -x   # extra arguments go to the command
     nox -s lint                              # ruff check + ruff format --check
+    nox -s "capped(isa='avx2')"              # tests + verify, every process capped to avx2
     nox -R -s "tests(torch='2.13.0')"        # reuse the session's venv, install nothing
 
 Each session has its own virtualenv, managed by nox, so nox's own flags work: ``-r`` reuses a
@@ -79,6 +80,19 @@ def regen(session: nox.Session, torch: str) -> None:
     """Write this release's goldens (its own producer folder; other producers are untouched)."""
     bin_dir = with_torch(session, torch)
     session.run(f"{bin_dir}qbc", "regen", *session.posargs, external=bool(bin_dir))
+
+
+@nox.session(venv_backend=TORCH_BACKEND)
+@nox.parametrize("isa", ["avx2", "avx512", "avx512_vnni"])
+def capped(session: nox.Session, isa: str) -> None:
+    """The tests and the main job on the default release with every process capped to ISA
+    class ``isa`` (``QBC_ISA_CAP``, harness/isa.py): one machine plays a lower CPU of a CI
+    fleet. A cap at or above this CPU's class changes nothing."""
+    bin_dir = with_torch(session, DEFAULT_TORCH)
+    env = {"QBC_ISA_CAP": isa}
+    external = bool(bin_dir)
+    session.run(f"{bin_dir}pytest", "-n", "auto", *session.posargs, env=env, external=external)
+    session.run(f"{bin_dir}qbc", "verify", env=env, external=external)
 
 
 @nox.session(venv_backend="uv|virtualenv")

@@ -172,7 +172,7 @@ PROFILE_POINTS = (
     ("safetensors load_file", "safetensors/torch.py", "load_file"),
     ("nn.Module forwards (all)", "torch/nn/modules/module.py", "_wrapped_call_impl"),
     ("torch.jit.script/trace (in builds)", "torch/jit/_script.py", "script"),
-    ("isolated loads (fork + child + result)", "harness/isolation.py", "call"),
+    ("isolated loads (worker task)", "harness/isolation.py", "run_task"),
     ("tolerance policy judge", "harness/policy.py", "judge"),
     ("engine switch (use_engine)", "contextlib.py", "__enter__"),
 )

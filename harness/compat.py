@@ -223,3 +223,31 @@ def drop_stale_jit_builtins() -> int:
     for key in stale:
         del table[key]
     return len(stale)
+
+
+@contextlib.contextmanager
+def lower_cpu_emulation(engine: str) -> Iterator[None]:
+    """Within the block, compute as a real CPU of this process's (capped) ISA class would, where
+    capping the libraries is not enough (harness.isa).
+
+    ``torch._int_mm`` dispatches on the CPU itself, not on the capped libraries: on a CPU with
+    AVX512-VNNI it runs oneDNN, and oneDNN capped below VNNI forms int8 pair sums in a saturating
+    int16, while a real AVX2 CPU runs torch's exact loop. So, for the ``int_mm`` engine in a
+    process capped below VNNI on such a CPU, ``torch._int_mm`` runs with oneDNN switched off,
+    which is that loop. (Graphs of the int_mm engine hold no other op that oneDNN serves.)
+    Elsewhere the block runs unchanged.
+    """
+    from harness import isa
+
+    me = isa.detect()
+    vnni = isa.rank("avx512_vnni")
+    if engine != "int_mm" or isa.rank(me.cpu) < vnni or isa.rank(me.cls) >= vnni:
+        yield
+        return
+    import torch
+
+    with warnings.catch_warnings():
+        # torch notes, on switching oneDNN, that its TF32 path exists only for Intel GPUs
+        warnings.filterwarnings("ignore", message=r"TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield

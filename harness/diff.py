@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.contents import contents, plain, text_diff
 from harness.integrity import load_manifest, verified_file
 from harness.policy import compare_leaf, flatten
-from harness.regen import contents, plain, text_diff
 
 #: formats compared by bytes only
 BYTES_ONLY = ("exported", "package")
@@ -36,7 +36,7 @@ def diff_goldens(a: Path, b: Path) -> tuple[str, bool]:
         return _diff(Path(a), Path(b))
 
 
-def _file(golden: Path, entry: dict[str, Any], fmt: str) -> Path:
+def _file(golden: Path, entry: Any, fmt: str) -> Path:
     producer_dir = golden.parent.parent
     return verified_file(producer_dir, producer_dir, entry, f"golden {golden}: {fmt} file")
 
@@ -78,21 +78,22 @@ def _compare(fmt: str, pa: Path, pb: Path) -> list[str]:
 def _diff(a: Path, b: Path) -> tuple[str, bool]:
     ma, mb = load_manifest(a / "manifest.json", a), load_manifest(b / "manifest.json", b)
     lines = [
-        f"A: {a} ({ma['producer']['id']}, {ma['engine']})",
-        f"B: {b} ({mb['producer']['id']}, {mb['engine']})",
+        f"A: {a} ({ma.producer_id}, {ma.engine}, ISA classes {', '.join(ma.classes)})",
+        f"B: {b} ({mb.producer_id}, {mb.engine}, ISA classes {', '.join(mb.classes)})",
     ]
     same = True
-    for fmt in sorted(ma["files"].keys() | mb["files"].keys()):
-        ea, eb = ma["files"].get(fmt), mb["files"].get(fmt)
+    # the files each golden computed in its own ISA class (harness.manifest)
+    for fmt in sorted(ma.files.keys() | mb.files.keys()):
+        ea, eb = ma.files.get(fmt), mb.files.get(fmt)
         if ea is None or eb is None:
             lines.append(f"{fmt}: only in {'B' if ea is None else 'A'}")
             same = False
             continue
-        if ea["sha256"] == eb["sha256"]:
-            lines.append(f"{fmt}: identical ({ea['sha256'][:12]})")
+        if ea.sha256 == eb.sha256:
+            lines.append(f"{fmt}: identical ({ea.sha256[:12]})")
             continue
         differences = _compare(fmt, _file(a, ea, fmt), _file(b, eb, fmt))
-        sizes = f"{ea['sha256'][:12]} vs {eb['sha256'][:12]}, {ea['size']} vs {eb['size']} bytes"
+        sizes = f"{ea.sha256[:12]} vs {eb.sha256[:12]}, {ea.size} vs {eb.size} bytes"
         if not differences:
             lines.append(f"{fmt}: same contents ({sizes})")
             continue

@@ -7,12 +7,16 @@ the runner call them (``harness.store.iter_goldens`` / ``Golden.path``, ``harnes
 Manifest (``golden/<subject>/<producer>/<engine>/<case>/manifest.json``):
 
 - at most :data:`MAX_MANIFEST_BYTES`, a regular file reached without symlinks, valid JSON;
-- ``schema`` is an int equal to :data:`harness.manifest.SCHEMA_VERSION`; a larger one means the
-  golden was written by a newer qbc ("upgrade qbc", naming the file and both versions);
+- ``schema`` is an int this qbc reads (:data:`harness.manifest.READABLE_SCHEMAS`); a larger
+  one means the golden was written by a newer qbc ("upgrade qbc", naming the file and both
+  versions);
 - ``subject`` / ``engine`` / ``case`` / ``producer.id`` agree with the folder the manifest lies
   in (a manifest moved or swapped between goldens is caught here);
 - ``files`` maps each format to ``{"path", "sha256", "size"}``: a relative path without ``..``,
-  64 lowercase hex digits, an int in [0, :data:`MAX_FILE_BYTES`].
+  64 lowercase hex digits, an int in [0, :data:`MAX_FILE_BYTES`];
+- schema 2's ``isa`` block: ``class`` an ISA class (harness.isa.CLASSES); ``classes`` maps
+  classes, its own among them, to entries of formats ``files`` has, each checked like those of
+  ``files``; ``unreachable`` maps classes to reasons.
 
 A problem with the manifest does not stop the run: the golden gets ``Golden.problem`` and one
 check named ``manifest`` that fails with the message (harness.verify.MANIFEST_CHECK).
@@ -40,7 +44,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness import jsonstrict, names
-from harness.manifest import SCHEMA_VERSION
+from harness.isa import CLASSES
+from harness.manifest import READABLE_SCHEMAS, SCHEMA_VERSION, Manifest
 from harness.outcomes import IntegrityError, ManifestProblem
 
 MAX_MANIFEST_BYTES = 4 << 20
@@ -87,8 +92,9 @@ def _safe_relpath(rel: Any) -> PurePosixPath:
 # manifest
 
 
-def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None) -> dict[str, Any]:
-    """The manifest at ``path`` after every check in the module docstring; else ManifestProblem.
+def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None) -> Manifest:
+    """The manifest at ``path`` after every check in the module docstring, typed; else
+    ManifestProblem.
 
     ``expect`` holds the ``subject``, ``producer``, ``engine`` and ``case`` the folder says
     (None: a manifest just written into a staging folder, whose place is not yet its own).
@@ -128,10 +134,10 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None)
             f"manifest {path} has golden schema {schema}, newer than this qbc understands "
             f"(it reads schema {SCHEMA_VERSION}): upgrade qbc to verify this golden"
         )
-    if schema != SCHEMA_VERSION:
+    if schema not in READABLE_SCHEMAS:
         raise ManifestProblem(
-            f"manifest {path} has golden schema {schema}; this qbc reads schema {SCHEMA_VERSION} "
-            "and has no reader for older schemas"
+            f"manifest {path} has golden schema {schema}; this qbc reads schemas "
+            f"{', '.join(map(str, READABLE_SCHEMAS))} and has no reader for it"
         )
 
     for key in ("subject", "engine", "case") if expect else ():
@@ -157,7 +163,45 @@ def load_manifest(path: Path, store: Path, expect: dict[str, str] | None = None)
             _check_entry(entry)
         except ValueError as exc:
             raise ManifestProblem(f"manifest {path}: file entry {fmt!r}: {exc}") from None
-    return data
+    if schema >= 2:
+        try:
+            _check_isa_block(data.get("isa"), files)
+        except ValueError as exc:
+            raise ManifestProblem(f"manifest {path}: 'isa': {exc}") from None
+    try:
+        return Manifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestProblem(f"manifest {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_isa_block(block: Any, files: dict[str, Any]) -> None:
+    if not isinstance(block, dict):
+        raise ValueError(f"is a {type(block).__name__}, not an object")
+    own = block.get("class")
+    if own not in CLASSES:
+        raise ValueError(f"class {own!r} is not an ISA class ({', '.join(CLASSES)})")
+    classes = block.get("classes")
+    if not isinstance(classes, dict) or own not in classes:
+        raise ValueError(f"'classes' must be an object that holds the golden's own class {own!r}")
+    for cls, entries in classes.items():
+        if cls not in CLASSES:
+            raise ValueError(f"classes: {cls!r} is not an ISA class ({', '.join(CLASSES)})")
+        if not isinstance(entries, dict) or (cls == own and entries):
+            raise ValueError(
+                f"classes[{cls!r}] must be an object of file entries (empty for the own class)"
+            )
+        for fmt, entry in entries.items():
+            if fmt not in files:
+                raise ValueError(f"classes[{cls!r}] names format {fmt!r}, which 'files' lacks")
+            try:
+                _check_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"classes[{cls!r}] file entry {fmt!r}: {exc}") from None
+    unreachable = block.get("unreachable", {})
+    if not isinstance(unreachable, dict) or not all(
+        c in CLASSES and isinstance(r, str) for c, r in unreachable.items()
+    ):
+        raise ValueError("'unreachable' must map ISA classes to reasons")
 
 
 def _check_entry(entry: Any) -> None:
@@ -206,6 +250,8 @@ def verified_file(store: Path, producer_dir: Path, entry: Any, label: str) -> Pa
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{label} {msg}")
 
+    if hasattr(entry, "to_json"):  # a typed manifest.FileEntry
+        entry = entry.to_json()
     try:
         _check_entry(entry)
         rel = _safe_relpath(entry["path"])

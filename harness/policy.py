@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from harness import isa
+
 try:
     import tomllib
 except ModuleNotFoundError:  # python 3.10
@@ -24,8 +26,29 @@ except ModuleNotFoundError:  # python 3.10
 DATA = Path(__file__).parent / "data"
 DEFAULT_POLICY = DATA / "policy.toml"
 DEFAULT_KNOWN_BREAKS = DATA / "known_breaks.toml"
-_MATCH_KEYS = ("subject", "engine", "case", "dtype", "isa", "producer", "check", "consumer")
-_LIMIT_KEYS = ("atol_steps", "max_steps", "mismatch_budget", "min_sqnr_db")
+#: keys a rule matches on (fnmatch globs); ``golden_isa`` / ``machine_isa`` are ISA classes
+#: (harness.isa), ``isa_mode`` how the comparison was made (see :data:`ISA_MODES`)
+MATCH_KEYS = (
+    "subject",
+    "engine",
+    "case",
+    "dtype",
+    "producer",
+    "check",
+    "consumer",
+    "golden_isa",
+    "machine_isa",
+    "isa_mode",
+)
+#: the limits a rule grants; see :meth:`Policy.tolerance` for how they compose
+LIMIT_KEYS = ("atol_steps", "max_steps", "mismatch_budget", "min_sqnr_db")
+#: how a check's numbers were obtained: ``exact`` on this machine's own class (or a golden
+#: class computed natively), ``capped`` in a worker capped to the golden's class, ``approx``
+#: across classes when neither was possible; only ``approx`` comparisons may use ISA rules
+ISA_MODES = isa.MODES
+_OTHER_KEYS = ("reason", "measured")
+# Composing two grants of one limit keeps the more permissive (a rule can only widen).
+_LOOSER = {"atol_steps": max, "max_steps": max, "mismatch_budget": max, "min_sqnr_db": min}
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,14 @@ class Tolerance:
     mismatch_budget: float = 0.0
     min_sqnr_db: float = 0.0
     reasons: tuple[str, ...] = ()
+
+    def budget(self, numel: int) -> int:
+        """Elements of an ``numel``-element output allowed to exceed ``atol_steps``: the
+        fraction ``mismatch_budget`` of them, rounded down, but at least one when the fraction
+        is above zero (a 5 % budget on a 4-element output allows one element, not none)."""
+        if self.mismatch_budget <= 0:
+            return 0
+        return max(1, math.floor(self.mismatch_budget * numel))
 
 
 @dataclass(frozen=True)
@@ -46,39 +77,119 @@ class Where:
     case: str
     producer: str
     check: str
-    isa: str
-    producer_isa: str
+    #: ISA class of the numbers the golden holds for this comparison
+    golden_isa: str
+    #: ISA class the numbers compared with them were computed in
+    machine_isa: str
+    isa_mode: str = "exact"
     #: who reads the golden: "torch" (today's torch and qbc) or a downstream consumer
     #: (harness.downstream: "executorch", "onnxruntime", ...)
     consumer: str = "torch"
 
 
+class PolicyError(ValueError):
+    """A policy file that cannot be used as written (unknown key, bad value)."""
+
+
 class Policy:
+    """The tolerance policy: ``[default]`` limits and ``[[rule]]`` grants (harness/data/policy.toml)."""
+
     def __init__(self, data: dict[str, Any]) -> None:
-        self.default = {k: float(v) for k, v in data.get("default", {}).items() if k in _LIMIT_KEYS}
+        default = data.get("default", {})
+        unknown = set(default) - set(LIMIT_KEYS)
+        if unknown:
+            raise PolicyError(f"[default] has unknown keys {sorted(unknown)}; known: {LIMIT_KEYS}")
+        self.default = {k: float(v) for k, v in default.items()}
         self.rules: list[dict[str, Any]] = list(data.get("rule", []))
+        for i, rule in enumerate(self.rules):
+            unknown = set(rule) - set(MATCH_KEYS) - set(LIMIT_KEYS) - set(_OTHER_KEYS)
+            if unknown:
+                raise PolicyError(
+                    f"rule {i + 1} has unknown keys {sorted(unknown)}; match keys: "
+                    f"{', '.join(MATCH_KEYS)}; limits: {', '.join(LIMIT_KEYS)}"
+                )
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
         with open(path or DEFAULT_POLICY, "rb") as f:
             return cls(tomllib.load(f))
 
-    def tolerance(self, where: Where, dtype: str) -> Tolerance:
-        limits = dict(self.default)
-        reasons: list[str] = []
+    def matches(self, rule: dict[str, Any], where: Where, dtype: str) -> bool:
+        """Whether every match key ``rule`` sets matches ``where`` (and the output dtype)."""
         keys = {**where.__dict__, "dtype": dtype}
+        return all(fnmatch.fnmatchcase(str(keys[k]), str(rule[k])) for k in MATCH_KEYS if k in rule)
+
+    def tolerance(self, where: Where, dtype: str) -> Tolerance:
+        """The limits for one output leaf.
+
+        Every matching rule grants the limits it sets. Per limit, the grants compose to the
+        most permissive one (largest ``atol_steps``, ``max_steps``, ``mismatch_budget``;
+        smallest ``min_sqnr_db``), whatever the file order, so one rule never resets what
+        another matching rule allowed; ``[default]`` holds for a limit no matching rule sets.
+        ``reasons`` lists every matching rule that grants something.
+        """
+        granted: dict[str, float] = {}
+        reasons: list[str] = []
         for rule in self.rules:
-            if "isa_changed" in rule and bool(rule["isa_changed"]) != (
-                where.isa != where.producer_isa
-            ):
+            if not self.matches(rule, where, dtype):
                 continue
-            if all(
-                fnmatch.fnmatchcase(str(keys[k]), str(rule[k])) for k in _MATCH_KEYS if k in rule
-            ):
-                limits.update({k: float(rule[k]) for k in _LIMIT_KEYS if k in rule})
-                if "reason" in rule:
-                    reasons.append(rule["reason"])
+            for key in LIMIT_KEYS:
+                if key in rule:
+                    value = float(rule[key])
+                    granted[key] = _LOOSER[key](granted[key], value) if key in granted else value
+            if "reason" in rule and any(k in rule for k in LIMIT_KEYS):
+                reasons.append(rule["reason"])
+        limits = {k: granted.get(k, self.default.get(k, 0.0)) for k in LIMIT_KEYS}
         return Tolerance(**limits, reasons=tuple(reasons))
+
+    def lint(self, known: dict[str, list[str]]) -> list[str]:
+        """Problems of the rules themselves: limits out of range, limits that contradict each
+        other, a rule that can never match, an ISA rule outside ``approx`` comparisons.
+
+        ``known`` maps match keys to the values that exist (subjects, engines, cases, dtypes,
+        producers, checks, ISA classes, modes); a glob that matches none of them never matches.
+        """
+        problems: list[str] = []
+        for i, rule in enumerate(self.rules):
+            name = f"rule {i + 1} ({rule.get('reason', 'no reason')!r})"
+            if "reason" not in rule:
+                problems.append(f"{name}: says no reason")
+            if not any(k in rule for k in LIMIT_KEYS):
+                problems.append(f"{name}: grants no limit")
+            for key in LIMIT_KEYS:
+                value = rule.get(key)
+                if value is None:
+                    continue
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    problems.append(f"{name}: {key} = {value!r} is not a number")
+                elif not math.isfinite(value) or value < 0:
+                    problems.append(f"{name}: {key} = {value!r} cannot be met")
+                elif key == "mismatch_budget" and value > 1:
+                    problems.append(f"{name}: mismatch_budget {value} is over 1 (all elements)")
+            atol = rule.get("atol_steps", self.default.get("atol_steps", 0.0))
+            most = rule.get("max_steps", self.default.get("max_steps", 0.0))
+            numbers = all(isinstance(x, (int, float)) and x >= 0 for x in (atol, most))
+            if numbers and atol > most:
+                problems.append(
+                    f"{name}: atol_steps {atol} above max_steps {most}: an element within atol "
+                    "already fails max_steps, so the atol it grants can never be used"
+                )
+            for key in MATCH_KEYS:
+                if (
+                    key in rule
+                    and key in known
+                    and not any(fnmatch.fnmatchcase(v, str(rule[key])) for v in known[key])
+                ):
+                    problems.append(
+                        f"{name}: {key} = {rule[key]!r} matches none of "
+                        f"{', '.join(sorted(known[key])[:12])}: the rule never matches"
+                    )
+            if ("golden_isa" in rule or "machine_isa" in rule) and rule.get("isa_mode") != "approx":
+                problems.append(
+                    f"{name}: matches on ISA classes but not on isa_mode = 'approx': it would "
+                    "widen exact or capped comparisons, whose verdict must not depend on the ISA"
+                )
+        return problems
 
 
 @dataclass
@@ -267,7 +378,7 @@ def judge(actual: Any, expected: Any, policy: Policy, where: Where) -> Verdict:
         if err is not None:
             s.mismatched = int((err > tol.atol_steps).sum().item())
             del s._err  # type: ignore[attr-defined]
-        budget = math.floor(tol.mismatch_budget * s.numel)
+        budget = tol.budget(s.numel)
         if s.max_steps > tol.max_steps or s.mismatched > budget or s.sqnr_db < tol.min_sqnr_db:
             verdict.failures.append(
                 f"{s.summary()} exceeds policy (max_steps {tol.max_steps:g}, mismatch budget "

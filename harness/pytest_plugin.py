@@ -373,9 +373,12 @@ class ResultsWriter:
         # the consumer is described like a producer: {"id", "torch", "qbc", "python"}; asked
         # only once a check reports, so torch is imported only by sessions that check goldens
         if self._consumer is None:
+            from harness import isa
             from harness.manifest import producer_info
 
-            self._consumer = producer_info()
+            # plus the ISA class it computes in (after any run-wide cap): the same release on
+            # two CPU classes is two consumers
+            self._consumer = {**producer_info(), "isa": isa.machine_class()}
         return self._consumer
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

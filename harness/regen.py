@@ -18,6 +18,12 @@ archive's code and every storage, packed parameters included, compared without l
 present on one side only is drift too. Exit status 0: no drift; 1: drift (listed); 2: usage
 error.
 
+ISA classes (harness.isa): the generator writes every class this machine reaches (its own, and
+each lower one in a worker capped to it; ``--classes`` narrows that), and ``--check`` compares
+class by class, each against the store's files of that class. A class the store holds that this
+machine cannot write (a higher CPU's) is named and skipped, never reported as drift; a class
+this machine writes that a golden lacks (it was regenerated on a lower CPU) is named too.
+
 Subjects: ``--subject``, else every subject that already has goldens in the store; an empty
 store needs ``--subject``.
 """
@@ -25,19 +31,16 @@ store needs ``--subject``.
 from __future__ import annotations
 
 import argparse
-import difflib
-import hashlib
-import re
 import shutil
 import sys
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness import manifest as mf
+from harness.contents import contents, plain, text_diff
 from harness.lock import RegenLocked
 from harness.store import Golden, iter_goldens
 
@@ -51,10 +54,17 @@ class GoldenChange:
 
     id: str
     status: str  # added, removed, changed, unchanged
-    #: per differing format, what differs (sha256, entries, or the leaf statistics)
+    #: per differing format, what differs (sha256, entries, or the leaf statistics); a format
+    #: of an ISA class other than the old golden's own is keyed ``<format> [<class>]``
     formats: dict[str, str] = field(default_factory=dict)
     #: the largest change of the ``expected`` output in quantization steps (None: not compared)
     max_steps: float | None = None
+    #: ISA class -> files compared in it
+    compared: dict[str, int] = field(default_factory=dict)
+    #: ISA classes the old golden holds and the new one does not (not written here)
+    missing_classes: list[str] = field(default_factory=list)
+    #: ISA classes the new golden holds and the old one does not
+    new_classes: list[str] = field(default_factory=list)
 
 
 class NoSubjects(ValueError):
@@ -74,96 +84,6 @@ def subjects_to_regenerate(store: Path, subjects: Sequence[str] | None) -> list[
             f"(--subject; known: {', '.join(subject_names())})"
         )
     return present
-
-
-def contents(path: Path, trusted: bool = False) -> Any:
-    """What a tensor or TorchScript file holds, for comparing two of them: ``torch.load``
-    (weights_only unless ``trusted``), or a TorchScript archive's entries (:func:`archive`)."""
-    import torch
-
-    if zipfile.is_zipfile(path) and any(
-        n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()
-    ):
-        return archive(path)
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:
-        if not trusted:  # full unpickling can run code: only for a case's declared trusted loads
-            raise
-        # Only reached for files the generator itself just wrote or the store holds and whose
-        # hash matched (e.g. dynamic LSTM packed params): trusted by construction of this check.
-        return torch.load(path, weights_only=False)
-
-
-#: TorchScript archive entries that record where and when it was written, not what it holds:
-#: debug tables (source paths, call stacks) and a per-save id
-_ARCHIVE_NOISE = (".debug_pkl", ".data/serialization_id")
-#: TorchScript numbers the classes it compiles per process (``___torch_mangle_28``) and files
-#: the first class of a module as ``container.py``, later ones as
-#: ``container/___torch_mangle_5.py``: where a class lands says how many modules were scripted
-#: before it in that process, not what it is
-_MANGLE = re.compile(r"[./]___torch_mangle_\d+")
-#: pickle opcodes that say how the stream is laid out, not what it holds
-_PICKLE_LAYOUT = {"PROTO", "FRAME"}
-
-
-def archive(path: Path) -> dict[str, str]:
-    """A TorchScript archive's contents without loading it (nothing in it runs): its code as
-    text, grouped by the module it defines classes of; its pickles as their opcodes; its
-    tensor and packed-parameter storages by sha256. Names lose the archive's top folder (the
-    file's name) and class mangling."""
-    code: dict[str, list[str]] = {}
-    out: dict[str, str] = {}
-    with zipfile.ZipFile(path) as z:
-        for info in z.infolist():
-            name = info.filename.split("/", 1)[-1]
-            if name.endswith(_ARCHIVE_NOISE):
-                continue
-            data = z.read(info)
-            if name.endswith(".py"):
-                text = _MANGLE.sub("", data.decode("utf-8", "replace"))
-                code.setdefault(_MANGLE.sub("", name), []).append(text)
-            elif name.endswith(".pkl"):
-                out[name] = _pickle_text(data)
-            else:
-                out[name] = hashlib.sha256(data).hexdigest()
-    out.update({name: "".join(sorted(texts)) for name, texts in code.items()})
-    return out
-
-
-def _pickle_text(data: bytes) -> str:
-    """A pickle as its opcodes and arguments, one per line (read, never executed)."""
-    import pickletools
-
-    lines = []
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name not in _PICKLE_LAYOUT:
-            lines.append(f"{op.name} {_MANGLE.sub('', repr(arg))}")
-    return "\n".join(lines) + "\n"
-
-
-def text_diff(a: str, b: str, name: str = "") -> list[str]:
-    """A unified diff of two texts (one line of context), old ``A`` to new ``B``."""
-    label = f" {name}" if name else ""
-    return [
-        line.rstrip("\n")
-        for line in difflib.unified_diff(
-            a.splitlines(True), b.splitlines(True), f"A{label}", f"B{label}", n=1
-        )
-    ]
-
-
-def plain(value: Any) -> Any:
-    """ScriptObjects (packed params) compared through their serialized state."""
-    import torch
-
-    if isinstance(value, torch.ScriptObject):
-        return plain(value.__getstate__())
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(plain(v) for v in value)
-    return value
 
 
 def compare_stores(old: Path, new: Path, subjects: Sequence[str]) -> list[GoldenChange]:
@@ -192,28 +112,49 @@ def _compare(old_store: Path, new_store: Path, subjects: Sequence[str]) -> list[
 
 
 def _compare_golden(a: Golden, b: Golden) -> GoldenChange:
+    """Golden ``a`` (old) against ``b`` (new), class by class: every ISA class both hold."""
+    change = GoldenChange(a.id, "unchanged")
+    if a.manifest is None or b.manifest is None:
+        change.status = "changed"
+        change.formats["manifest"] = f"unusable manifest: {a.problem or b.problem}"
+        return change
+    change.missing_classes = [c for c in a.manifest.classes if c not in b.manifest.classes]
+    change.new_classes = [c for c in b.manifest.classes if c not in a.manifest.classes]
+    for cls in b.manifest.classes:
+        if cls not in a.manifest.classes:
+            continue
+        label = "" if cls == a.manifest.isa_class == b.manifest.isa_class else f" [{cls}]"
+        _compare_class(a, b, cls, label, change)
+    if change.formats:
+        change.status = "changed"
+    return change
+
+
+def _compare_class(a: Golden, b: Golden, cls: str, label: str, change: GoldenChange) -> None:
     from harness.policy import compare_leaf, flatten
     from harness.subjects import get_case
 
-    change = GoldenChange(a.id, "unchanged")
     trusted_load = get_case(a.subject, a.case).trusted_load
-    for fmt in sorted(set(a.formats) | set(b.formats)):
-        ea, eb = a.manifest["files"].get(fmt), b.manifest["files"].get(fmt)
+    fa, fb = a.manifest.files_for(cls), b.manifest.files_for(cls)  # type: ignore[union-attr]
+    for fmt in sorted(set(fa) | set(fb)):
+        key = f"{fmt}{label}"
+        ea, eb = fa.get(fmt), fb.get(fmt)
+        change.compared[cls] = change.compared.get(cls, 0) + 1
         if ea is None or eb is None:
-            change.formats[fmt] = f"only in the {'new' if ea is None else 'old'} golden"
+            change.formats[key] = f"only in the {'new' if ea is None else 'old'} golden"
             continue
-        if ea["sha256"] == eb["sha256"]:
+        if ea.sha256 == eb.sha256:
             continue
-        deterministic = eb.get("deterministic", True)
-        hashes = f"sha256 {ea['sha256'][:16]} (old) != {eb['sha256'][:16]} (new)"
-        if deterministic and fmt != "expected":
+        hashes = f"sha256 {ea.sha256[:16]} (old) != {eb.sha256[:16]} (new)"
+        if eb.deterministic and fmt != "expected":
             # bit-identity is the contract; loading would only add risk (TorchScript runs code)
-            change.formats[fmt] = hashes
+            change.formats[key] = hashes
             continue
-        va = flatten(plain(contents(a.path(fmt), fmt in trusted_load)))
-        vb = flatten(plain(contents(b.path(fmt), fmt in trusted_load)))
+        trusted = fmt in trusted_load
+        va = flatten(plain(contents(a.path(fmt, cls), trusted)))
+        vb = flatten(plain(contents(b.path(fmt, cls), trusted)))
         if va.keys() != vb.keys():
-            change.formats[fmt] = f"entries differ: {sorted(va.keys() ^ vb.keys())}"
+            change.formats[key] = f"entries differ: {sorted(va.keys() ^ vb.keys())}"
             continue
         differing = []
         for name in sorted(va):
@@ -229,12 +170,9 @@ def _compare_golden(a: Golden, b: Golden) -> GoldenChange:
                 if fmt == "expected" and stats.problem is None:
                     change.max_steps = max(change.max_steps or 0.0, stats.max_steps)
         if differing:
-            change.formats[fmt] = "; ".join(differing)
-        elif deterministic:
-            change.formats[fmt] = f"{hashes}, same contents"
-    if change.formats:
-        change.status = "changed"
-    return change
+            change.formats[key] = "; ".join(differing)
+        elif eb.deterministic:
+            change.formats[key] = f"{hashes}, same contents"
 
 
 def summary_lines(changes: Sequence[GoldenChange], producers: Sequence[str]) -> list[str]:
@@ -273,6 +211,7 @@ def regenerate(
     engines: Sequence[str] | None = None,
     command: str | None = None,
     progress: bool = False,
+    isa_classes: Sequence[str] | None = None,
 ) -> tuple[GenerateResult, list[GoldenChange]]:
     """Write today's goldens of ``subjects`` into ``store``; return what was written and how
     each golden of today's producer changed."""
@@ -292,27 +231,91 @@ def regenerate(
             engines=engines,
             command=command,
             progress=progress,
+            isa_classes=isa_classes,
         )
         changes = compare_stores(before, store, subjects)
     return result, changes
 
 
-def check(store: Path, subjects: Sequence[str], command: str) -> list[str]:
-    """Drift between the store and a fresh generation of today's producers (empty: none)."""
+@dataclass
+class CheckReport:
+    """What ``--check`` found: drift lines, and per ISA class what was compared or skipped."""
+
+    drift: list[str] = field(default_factory=list)
+    #: class -> files compared in that class
+    compared: dict[str, int] = field(default_factory=dict)
+    #: class -> drifting files in that class
+    drifting: dict[str, int] = field(default_factory=dict)
+    #: class -> why the store's files of that class were not compared here
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: class -> goldens of the store that lack a class this machine writes (not drift)
+    not_committed: dict[str, int] = field(default_factory=dict)
+
+    def class_lines(self) -> list[str]:
+        from harness.isa import CLASSES
+
+        lines = []
+        for cls in CLASSES:
+            if cls in self.compared:
+                bad = self.drifting.get(cls, 0)
+                lines.append(
+                    f"  {cls}: {self.compared[cls]} files compared, "
+                    + (f"{bad} drifting" if bad else "no drift")
+                )
+            if cls in self.skipped:
+                lines.append(f"  {cls}: in the store, not compared here: {self.skipped[cls]}")
+            if cls in self.not_committed:
+                lines.append(
+                    f"  {cls}: written here, absent from {self.not_committed[cls]} stored "
+                    "goldens (written where it was out of reach; verified there by capping)"
+                )
+        return lines
+
+
+def report_changes(
+    changes: Sequence[GoldenChange], unreachable: dict[str, str] | None = None
+) -> CheckReport:
+    """A --check report from the changes between the store (old) and a fresh generation (new);
+    ``unreachable``: the classes this machine does not write, and why."""
+    report = CheckReport()
+    for c in changes:
+        if c.status == "removed":
+            report.drift.append(f"{c.id}: committed golden not regenerated")
+        elif c.status == "added":
+            report.drift.append(f"{c.id}: regenerated golden not committed")
+        else:
+            report.drift += [f"{c.id}/{fmt}: {what}" for fmt, what in c.formats.items()]
+            for fmt in c.formats:
+                cls = fmt.rsplit("[", 1)[1].rstrip("]") if "[" in fmt else _own(c)
+                report.drifting[cls] = report.drifting.get(cls, 0) + 1
+        for cls, n in c.compared.items():
+            report.compared[cls] = report.compared.get(cls, 0) + n
+        for cls in c.missing_classes:
+            report.skipped[cls] = (unreachable or {}).get(cls, "not written by this run")
+        for cls in c.new_classes:
+            report.not_committed[cls] = report.not_committed.get(cls, 0) + 1
+    return report
+
+
+def _own(change: GoldenChange) -> str:
+    # a format without a class label is of the class both goldens computed in natively
+    from harness.isa import machine_class
+
+    return machine_class()
+
+
+def check(
+    store: Path, subjects: Sequence[str], command: str, isa_classes: Sequence[str] | None = None
+) -> CheckReport:
+    """Drift between the store and a fresh generation of today's producers, class by class."""
     from harness.generate import generate
 
     with tempfile.TemporaryDirectory(prefix="qbc-regen-check-") as tmp:
-        generate(Path(tmp), subjects=subjects, command=command, progress=True)
+        result = generate(
+            Path(tmp), subjects=subjects, command=command, progress=True, isa_classes=isa_classes
+        )
         changes = compare_stores(Path(store), Path(tmp), subjects)
-    drift = []
-    for c in changes:
-        if c.status == "removed":
-            drift.append(f"{c.id}: committed golden not regenerated")
-        elif c.status == "added":
-            drift.append(f"{c.id}: regenerated golden not committed")
-        else:
-            drift += [f"{c.id}/{fmt}: {what}" for fmt, what in c.formats.items()]
-    return drift
+    return report_changes(changes, result.unreachable)
 
 
 def accept(store: Path, subjects: Sequence[str] | None) -> list[str]:
@@ -345,6 +348,12 @@ def add_arguments(p: argparse.ArgumentParser, default_store: str = "golden") -> 
     p.add_argument("--check", action="store_true", help="regenerate into a temp store and compare")
     p.add_argument("--case", help="regenerate only cases matching this glob (others are kept)")
     p.add_argument("--engine", action="append", help="regenerate only this engine (repeatable)")
+    p.add_argument(
+        "--classes",
+        default="all",
+        help="ISA classes below this machine's own to write too: 'all' (default: every class "
+        "reachable by capping), 'own' (none), or a comma-separated list",
+    )
 
 
 def run(args: argparse.Namespace, prog: str = "qbc regen") -> int:
@@ -375,22 +384,28 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         get_subject(name)  # UnknownName naming it, before anything is written
     producers = [mf.producer_id(subject=s) for s in subjects]
     command = prog + (f" --subject {' --subject '.join(args.subject)}" if args.subject else "")
+    classes = None if args.classes == "all" else [c for c in args.classes.split(",") if c != "own"]
     if args.check:
         if args.case or args.engine:
             print(
                 f"{prog}: --check compares whole producers; drop --case/--engine", file=sys.stderr
             )
             return 2
-        drift = check(store, subjects, command)
-        for line in drift:
+        from harness import isa
+
+        print(f"ISA class of this machine: {isa.detect().describe()}")
+        report = check(store, subjects, command, classes)
+        for line in report.drift:
             print(f"DRIFT {line}")
-        print(
-            f"{', '.join(producers)}: {'no drift' if not drift else f'{len(drift)} drifting files'}"
-        )
-        return 1 if drift else 0
+        for line in report.class_lines():
+            print(line)
+        n = len(report.drift)
+        print(f"{', '.join(producers)}: {'no drift' if not n else f'{n} drifting files'}")
+        return 1 if n else 0
     result, changes = regenerate(
-        store, subjects, args.case, args.engine, command=command, progress=True
-    )
+        store, subjects, args.case, args.engine, command=command, progress=True,
+        isa_classes=classes,
+    )  # fmt: skip
     for gid, reason in result.skipped:
         print(f"skipped {gid}: {reason}")
     for line in summary_lines(changes, producers):

@@ -31,7 +31,26 @@ from harness.subjects import get_case
 
 Rows = Iterable[CheckResult | Mapping[str, Any]]
 
-SYMBOL = {"passed": "ok", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
+SYMBOL = {
+    "passed": "ok",
+    "approx": "approx",
+    "failed": "FAIL",
+    "xfail": "xfail",
+    "xpass": "XPASS",
+    "skipped": "skip",
+}
+
+
+def state(row: CheckResult) -> str:
+    """A row's outcome, with a passing ``approx`` verdict (compared across ISA classes by the
+    policy's ISA rules, harness.verify) counted apart from ``passed``."""
+    return "approx" if row.outcome == "passed" and row.verdict == "approx" else row.outcome
+
+
+def consumer_key(info: Mapping[str, str]) -> str:
+    """A consumer's label: its id, and the ISA class it computed in when the rows say
+    (``torch-2.13.0_qbc-0.1.0 [avx2]``): the same release on two CPU classes is two consumers."""
+    return f"{info['id']} [{info['isa']}]" if info.get("isa") else info["id"]
 
 
 def consumer_of(row: CheckResult) -> Mapping[str, str]:
@@ -53,8 +72,8 @@ def matrix(rows: Rows) -> dict[str, Any]:
     consumers: dict[str, Mapping[str, str]] = {}
     for r in as_results(rows):
         info = consumer_of(r)
-        consumers[info["id"]] = info
-        cells[(r.subject, r.engine, r.producer, info["id"])][r.base_format][r.outcome] += 1
+        consumers[consumer_key(info)] = info
+        cells[(r.subject, r.engine, r.producer, consumer_key(info))][r.base_format][state(r)] += 1
     ordered = sorted(consumers, key=_version_key)
     return {
         # one label for the single-consumer case (``qbc verify``'s header)
@@ -79,7 +98,7 @@ def matrix(rows: Rows) -> dict[str, Any]:
 def drift(rows: Rows) -> list[dict[str, Any]]:
     """Checks that passed with a nonzero error (within policy), worst first (ties by id)."""
     out = [
-        {"id": r.id, "consumer": consumer_of(r)["id"], **r.drift}
+        {"id": r.id, "consumer": consumer_key(consumer_of(r)), **r.drift}
         for r in as_results(rows)
         if r.outcome == "passed"
         and (r.drift.get("max_steps", 0) > 0 or r.drift.get("mismatched", 0) > 0)
@@ -152,7 +171,7 @@ def breaks(rows: Rows) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str], list[CheckResult]] = defaultdict(list)
     for r in as_results(rows):
         if r.outcome in _RANK:
-            groups[(consumer_of(r)["id"], r.outcome, r.cause)].append(r)
+            groups[(consumer_key(consumer_of(r)), r.outcome, r.cause)].append(r)
     out = []
     for (c, o, cause), members in sorted(
         groups.items(), key=lambda kv: (_RANK[kv[0][1]], _version_key(kv[0][0]), kv[0][2])
@@ -261,9 +280,9 @@ def producer_consumer(rows: Rows) -> tuple[list[str], list[list[str]]]:
     )
     consumers: set[str] = set()
     for r in as_results(rows):
-        consumer = consumer_of(r)["id"]
+        consumer = consumer_key(consumer_of(r))
         consumers.add(consumer)
-        cells[(r.subject, r.producer)][consumer][r.outcome] += 1
+        cells[(r.subject, r.producer)][consumer][state(r)] += 1
     ordered = sorted(consumers, key=_version_key)
     head = ["subject", "producer ↓ / consumer →", *ordered]
     body = [
@@ -276,7 +295,7 @@ def producer_consumer(rows: Rows) -> tuple[list[str], list[list[str]]]:
 def _cell(counts: dict[str, int]) -> str:
     if not counts:
         return "-"
-    order = ["failed", "xpass", "xfail", "skipped", "passed"]
+    order = ["failed", "xpass", "xfail", "skipped", "approx", "passed"]
     return " ".join(f"{SYMBOL[k]} {counts[k]}" for k in order if counts.get(k))
 
 
@@ -477,6 +496,10 @@ def compact_results(rows: Rows) -> str:
     def slim(r: CheckResult) -> dict[str, Any]:
         full = r.to_dict()
         out: dict[str, Any] = {"id": r.id, "outcome": r.outcome}
+        if r.verdict == "approx":
+            out["verdict"] = "approx"
+        if r.isa and r.isa.get("golden") != r.isa.get("machine"):
+            out["isa"] = dict(r.isa)
         if r.message:
             out["message"] = r.message
         if r.known_break:
@@ -515,7 +538,7 @@ def warning_summary(rows: Rows) -> list[dict[str, Any]]:
     checks: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
     for r in as_results(rows):
         for w in {_warning_key(w) for w in r.warnings}:
-            checks[(consumer_of(r)["id"], w)].append(r.id)
+            checks[(consumer_key(consumer_of(r)), w)].append(r.id)
     return [
         {"consumer": c, **dict(zip(WARNING_FIELDS, w, strict=True)), "checks": sorted(ids)}
         for (c, w), ids in sorted(
@@ -557,8 +580,9 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
     code_checks = sorted(
         f"{g.id}/{f}"
         for g in iter_goldens(store)
-        for f, entry in g.manifest["files"].items()
-        if f in code_formats or entry.get("runs_code_on_load") or f in _trusted_loads(g)
+        if g.manifest is not None
+        for f, entry in g.manifest.files.items()
+        if f in code_formats or entry.runs_code_on_load or f in _trusted_loads(g)
     )
     trusted = sorted(r.id for r in results if (r.sandbox or "").startswith("trusted"))
     if fmt == "json":
@@ -584,7 +608,12 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
         )
     sc = store_coverage(store)
     head, body = _matrix_table(m)
-    consumer_rows = [[c["id"], c["torch"], c["qbc"], c["python"]] for c in m["consumers"]]
+    with_isa = any(c.get("isa") for c in m["consumers"])
+    consumer_head = ["consumer", "torch", "qbc", "python", *(["isa"] if with_isa else [])]
+    consumer_rows = [
+        [consumer_key(c), c["torch"], c["qbc"], c["python"], *([c["isa"]] if with_isa else [])]
+        for c in m["consumers"]
+    ]
     break_rows = [
         [
             b["consumer"],
@@ -634,10 +663,11 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
     cov_head, cov_body = _coverage_table(sc)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in results:
-        counts[consumer_of(r)["id"]][r.outcome] += 1
+        counts[consumer_key(consumer_of(r))][state(r)] += 1
+    # Rows of an ISA-aware runner count cross-ISA (approx) verdicts apart from passed ones.
+    states = ("passed", *(["approx"] if with_isa else []), "failed", "xfail", "xpass", "skipped")
     summary = [
-        [c, *[str(counts[c].get(o, 0)) for o in ("passed", "failed", "xfail", "xpass", "skipped")]]
-        for c in sorted(counts, key=_version_key)
+        [c, *[str(counts[c].get(o, 0)) for o in states]] for c in sorted(counts, key=_version_key)
     ]
     matrix_title = "Compatibility matrix (cells: outcome count per golden)"
     drift_title = "Numeric drift within policy"
@@ -668,8 +698,8 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
             ["consumer", "raised at", "category", "message", "checks", "e.g."],
             warning_rows,
         ),
-        ("Summary", ["consumer", "passed", "failed", "xfail", "xpass", "skipped"], summary),
-        ("Consumers", ["consumer", "torch", "qbc", "python"], consumer_rows),
+        ("Summary", ["consumer", *states], summary),
+        ("Consumers", consumer_head, consumer_rows),
         ("Coverage: formats per golden and producer", cov_head, cov_body),
         (
             "Checks that run code on load",
@@ -685,6 +715,12 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
     legend = (
         "Outcomes: ok = passed, FAIL = regression, xfail = known break (reason below), "
         "XPASS = a known break now passes, skip = cannot run on that consumer."
+        + (
+            " approx = passed across ISA classes by the policy's measured ISA rules (the "
+            "consumer could neither compute in the golden's class nor cap itself to it)."
+            if with_isa
+            else ""
+        )
     )
     if fmt == "md":
         generated = (

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.manifest import parse_producer
+from harness.manifest import Manifest, parse_producer
 from harness.store import iter_goldens
 
 try:
@@ -50,9 +50,9 @@ class Retention:
         )
 
 
-def golden_date(manifest: dict[str, Any]) -> dt.datetime:
+def golden_date(manifest: Manifest) -> dt.datetime:
     """A golden's UTC write date (the manifest's ``date``)."""
-    return dt.datetime.strptime(manifest["date"], DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.strptime(manifest.date, DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
 
 
 def minor(producer: str) -> tuple[int, ...]:
@@ -64,6 +64,8 @@ def first_dates(store: Path) -> dict[tuple[int, ...], dt.datetime]:
     """Per torch minor in the store: the date of its oldest golden (when the minor arrived)."""
     first: dict[tuple[int, ...], dt.datetime] = {}
     for g in iter_goldens(store):
+        if g.manifest is None:  # an unusable manifest fails its own check; it has no date
+            continue
         d, m = golden_date(g.manifest), minor(g.producer)
         first[m] = min(first.get(m, d), d)
     return first

@@ -17,10 +17,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness import atomic, integrity, names
-from harness.manifest import sha256_file
+from harness.manifest import FileEntry, Manifest, sha256_file
 from harness.outcomes import ManifestProblem
 
 MANIFEST = "manifest.json"
@@ -36,9 +35,10 @@ class Golden:
     producer: str
     engine: str
     case: str
-    manifest: dict[str, Any] = field(repr=False)
-    #: why the manifest is unusable (harness.integrity); then ``manifest`` has no files and the
-    #: runner reports the golden as one failing ``manifest`` check
+    #: None when the manifest is unusable (then :attr:`problem` says why)
+    manifest: Manifest | None = field(repr=False)
+    #: why the manifest is unusable (harness.integrity); the runner then reports the golden as
+    #: one failing ``manifest`` check
     problem: str | None = None
 
     @property
@@ -55,18 +55,47 @@ class Golden:
 
     @property
     def formats(self) -> list[str]:
-        return list(self.manifest["files"])
+        return self.manifest.formats if self.manifest else []
 
-    def path(self, fmt: str) -> Path:
-        """The file of ``fmt`` after checking its size and sha256 against the manifest (and that
-        it is a regular file inside the store, and not a zip bomb): harness.integrity; else
-        :class:`harness.outcomes.IntegrityError`."""
-        entry = self.manifest["files"].get(fmt)
+    def entry(self, fmt: str, isa_class: str | None = None) -> FileEntry:
+        """The manifest entry of ``fmt`` in ISA class ``isa_class`` (default: the producer's)."""
+        if self.manifest is None:
+            raise KeyError(f"golden {self.id} has no usable manifest")
+        entry = self.manifest.files_for(isa_class).get(fmt)
         if entry is None:
             raise KeyError(f"golden {self.id} has no {fmt!r} file")
-        return integrity.verified_file(
-            self.store, self.producer_dir, entry, f"golden {self.id}: {fmt} file"
+        return entry
+
+    def path(self, fmt: str, isa_class: str | None = None) -> Path:
+        """The file of ``fmt`` (in ISA class ``isa_class``; default: the producer's own) after
+        checking its size and sha256 against the manifest (and that it is a regular file inside
+        the store, and not a zip bomb): harness.integrity; else
+        :class:`harness.outcomes.IntegrityError`."""
+        entry = self.entry(fmt, isa_class)
+        label = f"golden {self.id}: {fmt} file" + (
+            f" (ISA class {isa_class})"
+            if isa_class and isa_class != self.manifest.isa_class
+            else ""
         )
+        return integrity.verified_file(self.store, self.producer_dir, entry, label)
+
+
+def golden_at(store: Path, subject: str, producer: str, engine: str, case: str) -> Golden:
+    """The golden in folder ``<store>/<subject>/<producer>/<engine>/<case>`` (its manifest
+    checked by harness.integrity; an unusable one gives a Golden with :attr:`Golden.problem`)."""
+    store = Path(store)
+    ids = {"subject": subject, "producer": producer, "engine": engine, "case": case}
+    names.check_producer(producer)  # names reach paths: the grammar first (harness.names)
+    for level in ("subject", "engine", "case"):
+        names.check(level, ids[level])
+    try:
+        manifest = integrity.load_manifest(
+            store / subject / producer / engine / case / MANIFEST, store, ids
+        )
+        problem = None
+    except ManifestProblem as exc:
+        manifest, problem = None, str(exc)
+    return Golden(store=store, **ids, manifest=manifest, problem=problem)
 
 
 def iter_goldens(store: Path) -> list[Golden]:
@@ -90,7 +119,7 @@ def iter_goldens(store: Path) -> list[Golden]:
             except ManifestProblem as exc:
                 problem = str(exc)
         if problem is not None:
-            manifest = {"files": {}}
+            manifest = None
         out.append(Golden(store=store, **ids, manifest=manifest, problem=problem))
     return sorted(out, key=lambda g: g.id)
 
@@ -155,7 +184,13 @@ def _printable(name: str) -> str:
     )
 
 
-def add_file(producer_tmp: Path, golden_rel: str, src: Path) -> dict[str, Any]:
+def add_file(
+    producer_tmp: Path,
+    golden_rel: str,
+    src: Path,
+    deterministic: bool = True,
+    runs_code_on_load: bool = False,
+) -> FileEntry:
     """Move a freshly written ``src`` into the producer being built; returns its manifest entry.
 
     Text files go into the golden folder under their own name; binaries go to ``blobs/`` named by
@@ -173,7 +208,7 @@ def add_file(producer_tmp: Path, golden_rel: str, src: Path) -> dict[str, Any]:
     else:
         shutil.move(str(src), dest)
     atomic.write_step(f"add {rel}")
-    return {"path": rel, "sha256": digest, "size": size}
+    return FileEntry(rel, digest, size, deterministic, runs_code_on_load)
 
 
 def start_producer(store: Path, subject: str, producer: str, keep_existing: bool) -> Path:
@@ -194,7 +229,8 @@ def collect_garbage(producer_tmp: Path) -> None:
     used: set[str] = set()
     for manifest in producer_tmp.glob(f"*/*/{MANIFEST}"):
         data = integrity.load_manifest(manifest, producer_tmp)
-        used.update(e["path"] for e in data["files"].values())
+        used.update(e.path for e in data.files.values())
+        used.update(e.path for entries in data.class_files.values() for e in entries.values())
     blobs = producer_tmp / BLOBS
     if blobs.is_dir():
         for blob in blobs.iterdir():

@@ -12,6 +12,20 @@ For a golden ``<subject>/<producer>/<engine>/<case>`` and one of its formats:
 
 Every file's sha256 and size are checked against the manifest before it is loaded.
 
+ISA classes (harness.isa): the native kernels compute differently per CPU class, so numbers are
+compared like with like (:func:`isa_plan`):
+
+- ``exact``: the golden holds numbers for this machine's class (or the numbers computed here
+  match the golden's class within the same-class policy): judged by the same-class policy;
+- ``capped``: the golden's class is lower and this machine reaches it: the check runs again in
+  a worker capped to that class (harness.isolation) and is judged by the same-class policy;
+- ``approx``: neither: today's numbers here are judged against the golden's with the ISA rules
+  of the policy (``isa_mode = "approx"``), and a load check must also reproduce exactly what
+  today's code computes here (so a changed weight still fails). The verdict is then ``approx``,
+  counted apart from ``ok``, with both classes named.
+
+Every failure message names the classes ("golden: avx2, this machine: avx512_vnni").
+
 Numeric debugger: when a numeric check fails and the golden carries an ``intermediates`` file
 (per-debug-handle outputs), :func:`first_divergence` compares them with those of what failed
 (the reloaded ``exported`` program, or today's build) and the failure names the first op whose
@@ -28,11 +42,11 @@ import difflib
 import functools
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import compat, downstream, isolation, recorded_warnings
+from harness import compat, downstream, isa, isolation, recorded_warnings
 from harness import manifest as mf
 from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
@@ -40,8 +54,12 @@ from harness.graphsig import section
 from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_failure
 from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
 from harness.results import CHECK_ID_PROPERTY, CONSUMER_PROPERTY, DRIFT_PROPERTY
-from harness.store import Golden, iter_goldens
+from harness.store import Golden, golden_at, iter_goldens
 from harness.subjects import check_engine, get_case, get_subject
+
+# Workers (harness.isolation) start with the runner and the case tables imported.
+isolation.warm("harness.verify")
+isolation.warm("harness.subjects:all_cases")
 
 #: name of the single check a golden with an unusable manifest gets
 MANIFEST_CHECK = "manifest"
@@ -150,7 +168,99 @@ def _stored_inputs(
     return inputs, hashlib.sha256(buf.getvalue()).hexdigest(), tuple(caught)
 
 
-def _where(golden: Golden, check: str, consumer: str = "torch") -> Where:
+@dataclass(frozen=True)
+class IsaPlan:
+    """How one golden's numbers are compared on this machine (module docstring)."""
+
+    #: the ISA class of the golden's numbers the check compares with
+    golden: str
+    #: this machine's class (this process's, after any run-wide cap)
+    machine: str
+    #: ``exact``, ``capped`` or ``approx``: what is possible when the first, native comparison
+    #: does not match
+    mode: str
+    #: the cap environment of the worker, for ``capped``
+    env: dict[str, str] = field(default_factory=dict)
+    #: why exactness is out of reach, for ``approx``
+    reason: str = ""
+
+
+def isa_plan(manifest: mf.Manifest, machine: isa.Isa | None = None) -> IsaPlan:
+    """Which class of a golden's numbers this machine compares with, and how (module doc)."""
+    me = machine or isa.detect()
+    classes = manifest.classes
+    if me.cls in classes:
+        return IsaPlan(me.cls, me.cls, "exact")
+    below = [c for c in classes if isa.rank(c) < isa.rank(me.cls) and isa.can_cap(me.cpu, c)]
+    if below:
+        golden = below[-1]
+        return IsaPlan(golden, me.cls, "capped", isa.cap_environment(golden, me.cpu))
+    # nearest class the golden holds (the lower one on a tie)
+    golden = min(classes, key=lambda c: (abs(isa.rank(c) - isa.rank(me.cls)), isa.rank(c)))
+    why = (
+        f"this machine ({me.describe()}) cannot compute in {golden}"
+        if isa.rank(golden) > isa.rank(me.cls)
+        else f"no cap reaches {golden} from this machine ({me.describe()})"
+    )
+    return IsaPlan(golden, me.cls, "approx", reason=why)
+
+
+@dataclass(frozen=True)
+class IsaRecord:
+    """The ISA side of one check's result: the golden's class, this machine's, and the mode."""
+
+    golden: str
+    machine: str
+    mode: str
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"golden": self.golden, "machine": self.machine, "mode": self.mode}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    def describe(self) -> str:
+        """``golden: avx2, this machine: avx512_vnni (compared in a worker capped to avx2)``."""
+        how = {
+            "exact": "",
+            "capped": f" (compared in a worker capped to {self.golden})",
+            "approx": " (approx: compared across ISA classes by the policy's ISA rules"
+            + (f"; {self.reason}" if self.reason else "")
+            + ")",
+        }.get(self.mode, f" ({self.mode})")
+        return f"golden: {self.golden}, this machine: {self.machine}{how}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A check that did not fail: ``ok`` or ``approx`` (a failure raises GoldenFailure)."""
+
+    verdict: str
+    isa: IsaRecord
+    judged: Verdict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in ("ok", "approx")
+
+
+def _isa_record(golden: Golden, mode: str = "-") -> IsaRecord:
+    machine = isa.machine_class()
+    cls = golden.manifest.isa_class if golden.manifest else "unknown"
+    if golden.manifest and machine in golden.manifest.classes:
+        cls = machine
+    return IsaRecord(cls, machine, mode)
+
+
+def _where(
+    golden: Golden,
+    check: str,
+    golden_isa: str,
+    machine_isa: str,
+    mode: str = "exact",
+    consumer: str = "torch",
+) -> Where:
     return Where(
         consumer=consumer,
         subject=golden.subject,
@@ -158,28 +268,50 @@ def _where(golden: Golden, check: str, consumer: str = "torch") -> Where:
         case=golden.case,
         producer=golden.producer,
         check=check,
-        isa=mf.isa_string(),
-        producer_isa=mf.isa_string(golden.manifest.get("machine", {}).get("isa", {})),
+        golden_isa=golden_isa,
+        machine_isa=machine_isa,
+        isa_mode=mode,
     )
 
 
 def _fail(
-    item: CheckItem, what: str, detail: str, check: str = "", error: str | None = None
+    item: CheckItem,
+    what: str,
+    detail: str,
+    check: str = "",
+    error: str | None = None,
+    isa_rec: IsaRecord | None = None,
 ) -> GoldenFailure:
-    return golden_failure(
-        item.golden.id, item.fmt, what, detail, check=check or item.fmt, error=error
+    rec = isa_rec or _isa_record(item.golden)
+    failure = golden_failure(
+        item.golden.id,
+        item.fmt,
+        what,
+        f"{rec.describe()}\n{detail}",
+        check=check or item.fmt,
+        error=error,
     )
+    failure.isa = rec  # type: ignore[attr-defined]  # read by test_golden for the results row
+    return failure
 
 
 def _load_failure(
-    item: CheckItem, problem: isolation.IsolatedLoadProblem, where: str = ""
+    item: CheckItem,
+    problem: isolation.TaskProblem,
+    where: str = "",
+    isa_rec: IsaRecord | None = None,
 ) -> GoldenFailure:
     """A failed load as that golden's failure; ``error`` is what the loader raised
-    (``KeyError``), or ``NativeCrash`` / ``LoadTimeout``."""
+    (``KeyError``), or ``NativeCrash`` / ``TaskTimeout``."""
     kind, detail = isolation.describe(problem)
-    error = problem.type_name if isinstance(problem, isolation.LoadError) else None
+    error = problem.type_name if isinstance(problem, isolation.TaskError) else None
     return _fail(
-        item, kind.value, detail + where, check="load", error=error or type(problem).__name__
+        item,
+        kind.value,
+        detail + where,
+        check="load",
+        error=error or type(problem).__name__,
+        isa_rec=isa_rec,
     )
 
 
@@ -230,10 +362,10 @@ def guarded(check: F) -> F:
                 check="integrity",
                 error="IntegrityError",
             ) from None
-        except isolation.IsolatedLoadProblem as problem:
+        except isolation.TaskProblem as problem:
             raise _load_failure(item, problem) from None
         except Exception as exc:
-            kind, detail = isolation.describe(isolation.LoadError(type(exc).__name__, str(exc)))
+            kind, detail = isolation.describe(isolation.TaskError(type(exc).__name__, str(exc)))
             what = (
                 "check failed on the golden's data"
                 if kind is isolation.ProblemKind.LOAD_ERROR
@@ -257,7 +389,7 @@ def _exported_intermediates(path: str, inputs: tuple[Any, ...]) -> dict[str, Any
     return program_intermediates(pt2.load(Path(path)), inputs)
 
 
-def first_divergence(item: CheckItem, today: Built) -> str | None:
+def first_divergence(item: CheckItem, today: Built, isa_class: str | None = None) -> str | None:
     """Name the first divergent op of a failing export-based golden, when it has intermediates.
 
     The stored per-handle outputs are compared with those of what failed: the reloaded exported
@@ -271,10 +403,10 @@ def first_divergence(item: CheckItem, today: Built) -> str | None:
     from harness.quant.pt2e import numeric_debugger as nd
 
     try:
-        stored = torch.load(item.golden.path("intermediates"), weights_only=True)
+        stored = torch.load(item.golden.path("intermediates", isa_class), weights_only=True)
         if item.fmt == "exported":
-            path = str(item.golden.path("exported"))
-            mine = isolation.call(_exported_intermediates, path, today.inputs)
+            path = str(item.golden.path("exported", isa_class))
+            mine = isolation.run(_exported_intermediates, path, today.inputs)
         elif today.intermediates is not None:
             mine = today.intermediates
         elif today.exported is not None:
@@ -286,26 +418,126 @@ def first_divergence(item: CheckItem, today: Built) -> str | None:
         return f"first divergent op: not determined ({type(exc).__name__}: {exc})"
 
 
+def _today_for(golden: Golden, isa_class: str) -> Built:
+    input_path = golden.path("input", isa_class)
+    input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
+    return _today(golden.subject, golden.case, golden.engine, input_key, str(input_path))
+
+
+def _numbers(
+    golden: Golden,
+    fmt_name: str,
+    isa_class: str,
+    today: Built,
+    read: Callable[..., Any] | None = None,
+) -> Any:
+    """What check ``fmt_name`` compares with the golden's expected output: today's rebuilt
+    output (reproduce), or the past artifact of class ``isa_class`` loaded and run today."""
+    fmt = get_format(fmt_name)
+    if fmt.role == "reproduce":
+        return today.expected
+    case = get_case(golden.subject, golden.case)
+    ctx = LoadContext(
+        today.inputs, today, golden.engine, weights_only=fmt_name not in case.trusted_load
+    )
+    path = golden.path(fmt_name, isa_class)
+    # Today's build (and with it the int_mm engine's probe of this process) happened outside:
+    # only the past artifact runs as on a real CPU of this class (compat.lower_cpu_emulation).
+    with compat.lower_cpu_emulation(golden.engine):
+        return (read or fmt.read)(path, ctx)
+
+
+def numbers_in_worker(
+    store: str, golden_id: str, fmt_name: str, isa_class: str, reader: str | None
+) -> Any:
+    """Worker task (harness.isolation; plain data in and out): :func:`_numbers` computed in the
+    worker's process, whose ISA class may be capped. ``reader``: the format's reader by name
+    (``module:function``), so a reader replaced at run time is the one used."""
+    golden = golden_at(Path(store), *golden_id.split("/"))
+    if golden.manifest is None:
+        raise ValueError(f"golden {golden_id}: {golden.problem}")
+    subject = get_subject(golden.subject)
+    with subject.use_engine(golden.engine):
+        today = _today_for(golden, isa_class)
+        read = isolation.resolve(reader) if reader else None
+        return _numbers(golden, fmt_name, isa_class, today, read)
+
+
+def _reader_name(fmt: Any) -> str | None:
+    try:
+        return isolation.task_name(fmt.read)
+    except TypeError:  # e.g. a lambda: the worker uses the registered format's reader
+        return None
+
+
+def _in_worker(
+    item: CheckItem, isa_class: str, env: dict[str, str], isa_rec: IsaRecord, ctx: LoadContext
+) -> Any:
+    """The check's numbers computed in a worker process (harness.isolation) started with
+    ``env``: a load that can run code from the golden is sandboxed there (harness.sandbox;
+    skipped where no sandbox works, unless the store is trusted)."""
+    g = item.golden
+    fmt = get_format(item.fmt)
+    sandboxed = False
+    if isolation.needs_sandbox(fmt, ctx):
+        confined = isolation.confinement(True)  # GoldenSkip when nothing can confine it
+        sandboxed = confined is not None and not confined.startswith("trusted")
+    try:
+        return isolation.run(
+            numbers_in_worker,
+            str(g.store),
+            g.id,
+            item.fmt,
+            isa_class,
+            _reader_name(fmt),
+            env=env,
+            sandboxed=sandboxed,
+        )
+    except isolation.TaskProblem as problem:
+        raise _load_failure(
+            item, problem, f"\nfile: {g.path(item.fmt, isa_class)}", isa_rec
+        ) from None
+
+
+def _package_output(item: CheckItem, actual: Any, isa_rec: IsaRecord) -> Any:
+    """A ``package`` load returns its output and get_attr targets: check the targets."""
+    if item.fmt != "package":
+        return actual
+    g = item.golden
+    stored = section(g.path("graph").read_text(), "get_attr") if "graph" in g.formats else None
+    if stored is not None and actual["get_attr"] != stored:
+        raise _fail(
+            item,
+            "get_attr targets changed",
+            f"today {actual['get_attr']} != golden {stored}",
+            check="graph",
+            isa_rec=isa_rec,
+        )
+    return actual["output"]
+
+
 @guarded  # unknown names, broken manifests, corrupt data: that golden's failure
-def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
-    """Run one check; raises GoldenFailure (with statistics) or GoldenSkip; returns the verdict."""
+def run_check(item: CheckItem, policy: Policy) -> CheckResult:
+    """Run one check; raises GoldenFailure (with statistics and the ISA classes) or GoldenSkip;
+    returns the verdict (``ok`` or ``approx``) with its ISA record."""
     __tracebackhide__ = True
     import torch
 
     g = item.golden
+    assert g.manifest is not None  # precheck
     subject = get_subject(g.subject)  # known: precheck
     reason = subject.unavailable_reason(g.engine)
     if reason:
         raise GoldenSkip(reason)
     fmt = get_format(item.fmt)
-    path = g.path(item.fmt)  # integrity first, for every file we touch
-    input_path = g.path("input")
+    plan = isa_plan(g.manifest)
+    exact = IsaRecord(plan.golden, plan.machine, "exact")
+    path = g.path(item.fmt, plan.golden)  # integrity first, for every file we touch
     if item.consumer:
-        return run_downstream(item, policy, path, input_path)
+        verdict = run_downstream(item, policy, path, g.path("input", plan.golden), plan)
+        return CheckResult("ok", exact, verdict)
     with subject.use_engine(g.engine):
-        input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
-        today = _today(g.subject, g.case, g.engine, input_key, str(input_path))
-        inputs = today.inputs
+        today = _today_for(g, plan.golden)
         if fmt.role == "graph":
             stored = path.read_text()
             today_sig = today.get("signature")
@@ -318,61 +550,108 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                         "today",
                     )
                 )
-                raise _fail(item, "graph signature changed", diff, check="graph")
-            return None
+                raise _fail(item, "graph signature changed", diff, check="graph", isa_rec=exact)
+            return CheckResult("ok", exact)
         if fmt.role == "aux":
             fmt.read(path, None)
-            return None
+            return CheckResult("ok", exact)
         if fmt.role == "data":
-            check, actual = (
-                "data",
-                tuple(BuildContext(get_case(g.subject, g.case), g.engine).make_inputs()),
+            actual = tuple(BuildContext(get_case(g.subject, g.case), g.engine).make_inputs())
+            verdict = judge(
+                actual,
+                fmt.read(path, None),
+                policy,
+                _where(g, "data", plan.golden, plan.machine, "exact"),
             )
-            expected = fmt.read(path, None)
+            if not verdict.ok:
+                raise _numeric_failure(item, "data", verdict.message(), verdict, exact)
+            return CheckResult("ok", exact, verdict)
+
+        check = "reproduce" if fmt.role == "reproduce" else "load"
+        expected = torch.load(g.path("expected", plan.golden), weights_only=True)
+        ctx = LoadContext(
+            today.inputs,
+            today,
+            g.engine,
+            weights_only=item.fmt not in get_case(g.subject, g.case).trusted_load,
+        )
+        if check == "load" and (
+            isolation.needs_isolation(fmt, ctx) or isolation.needs_sandbox(fmt, ctx)
+        ):
+            # In a worker process: a native crash or hang fails this golden, not the run.
+            actual = _in_worker(item, plan.golden, {}, exact, ctx)
         else:
-            expected = torch.load(g.path("expected"), weights_only=True)
-            if fmt.role == "reproduce":
-                check, actual = "reproduce", today.expected
-            else:
-                check = "load"
-                case = get_case(g.subject, g.case)
-                ctx = LoadContext(
-                    inputs, today, g.engine, weights_only=item.fmt not in case.trusted_load
-                )
-                # In a child process: a native crash or hang fails this golden, not the run.
-                try:
-                    actual = isolation.load(fmt, path, ctx)
-                except isolation.IsolatedLoadProblem as problem:
-                    raise _load_failure(item, problem, f"\nfile: {path}") from None
-                if item.fmt == "package":
-                    stored_attrs = (
-                        section(g.path("graph").read_text(), "get_attr")
-                        if "graph" in g.formats
-                        else None
-                    )
-                    if stored_attrs is not None and actual["get_attr"] != stored_attrs:
-                        raise _fail(
-                            item,
-                            "get_attr targets changed",
-                            f"today {actual['get_attr']} != golden {stored_attrs}",
-                            check="graph",
-                        )
-                    actual = actual["output"]
-        verdict = judge(actual, expected, policy, _where(g, check))
-        if check == "reproduce" and verdict.ok:
-            verdict.float_sqnr_db = sqnr_vs_float(today)
-        if not verdict.ok:
-            where = first_divergence(item, today)
-            detail = verdict.message() + (f"\n{where}" if where else "")
-            failure = _fail(
-                item,
-                f"{check} check: output differs from the golden beyond policy",
-                detail,
-                check=check,
+            try:
+                actual = _numbers(g, item.fmt, plan.golden, today)
+            except Exception as exc:
+                if check == "reproduce":
+                    raise
+                problem = isolation.TaskError(type(exc).__name__, str(exc))
+                raise _load_failure(item, problem, f"\nfile: {path}", exact) from exc
+        actual = _package_output(item, actual, exact)
+        verdict = judge(
+            actual, expected, policy, _where(g, check, plan.golden, plan.machine, "exact")
+        )
+        if verdict.ok:
+            if check == "reproduce":  # what quantizing costs, for the report (export-based)
+                verdict.float_sqnr_db = sqnr_vs_float(today)
+            return CheckResult("ok", exact, verdict)
+
+        if plan.mode == "capped":
+            rec = IsaRecord(plan.golden, plan.machine, "capped")
+            capped = _package_output(item, _in_worker(item, plan.golden, plan.env, rec, ctx), rec)
+            verdict = judge(
+                capped, expected, policy, _where(g, check, plan.golden, plan.golden, "capped")
             )
-            failure.drift = verdict_record(verdict)  # the report plots failed checks too
-            raise failure
-        return verdict
+            if verdict.ok:
+                return CheckResult("ok", rec, verdict)
+            raise _numeric_failure(
+                item, check, _detail(item, today, verdict, plan.golden), verdict, rec
+            )
+
+        if plan.mode == "approx":
+            rec = IsaRecord(plan.golden, plan.machine, "approx", plan.reason)
+            drift = judge(
+                today.expected,
+                expected,
+                policy,
+                _where(g, "reproduce", plan.golden, plan.machine, "approx"),
+            )
+            if check == "reproduce":
+                if drift.ok:
+                    return CheckResult("approx", rec, drift)
+                raise _numeric_failure(
+                    item, check, _detail(item, today, drift, plan.golden), drift, rec
+                )
+            # A load check across classes: the artifact must behave exactly like today's build
+            # here (a changed weight fails), and today's build must match the golden within
+            # the ISA rules.
+            same = judge(
+                actual,
+                today.expected,
+                policy,
+                _where(g, "load", plan.machine, plan.machine, "exact"),
+            )
+            if same.ok and drift.ok:
+                return CheckResult("approx", rec, drift)
+            parts = []
+            if not same.ok:
+                parts.append(
+                    "the artifact, run here, differs from today's build run here:\n"
+                    + same.message()
+                )
+            if not drift.ok:
+                parts.append(
+                    "today's build here differs from the golden beyond the ISA rules:\n"
+                    + drift.message()
+                )
+            raise _numeric_failure(
+                item, check, "\n".join(parts), same if not same.ok else drift, rec
+            )
+
+        raise _numeric_failure(
+            item, check, _detail(item, today, verdict, plan.golden), verdict, exact
+        )
 
 
 def sqnr_vs_float(today: Built) -> float | None:
@@ -395,7 +674,9 @@ def sqnr_vs_float(today: Built) -> float | None:
     return compare_leaf("output", today.expected.float(), reference.float()).sqnr_db
 
 
-def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path) -> Verdict:
+def run_downstream(
+    item: CheckItem, policy: Policy, path: Path, input_path: Path, plan: IsaPlan
+) -> Verdict:
     """The exported golden at ``path``, lowered by the downstream consumer ``item.consumer`` and
     run on the stored input, reproduces the stored expected output within policy (check
     ``downstream``); for a consumer that delegates, nothing but the delegate's plumbing stays
@@ -418,7 +699,7 @@ def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path
             "off here (--no-isolation / QBC_ISOLATION=0)"
         )
     inputs = tuple(torch.load(input_path, weights_only=True))
-    expected = torch.load(item.golden.path("expected"), weights_only=True)
+    expected = torch.load(item.golden.path("expected", plan.golden), weights_only=True)
     downstream.warm_up(consumer.name)
     memo = downstream.MEMO.get(consumer.name, {})
     try:
@@ -449,7 +730,9 @@ def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path
             f"{result['delegates']} delegate(s); outside: {', '.join(result['outside'])}",
             check="delegation",
         )
-    where = _where(item.golden, "downstream", consumer.name)
+    where = _where(
+        item.golden, "downstream", plan.golden, plan.machine, "exact", consumer=consumer.name
+    )
     verdict = judge(result["output"], expected, policy, where)
     verdict.delegates = result["delegates"]
     if not verdict.ok:
@@ -462,9 +745,29 @@ def run_downstream(item: CheckItem, policy: Policy, path: Path, input_path: Path
     return verdict
 
 
-def verdict_record(verdict: Verdict | None) -> dict[str, Any]:
+def _numeric_failure(
+    item: CheckItem, check: str, detail: str, verdict: Verdict, isa_rec: IsaRecord
+) -> GoldenFailure:
+    failure = _fail(
+        item,
+        f"{check} check: output differs from the golden beyond policy",
+        detail,
+        check=check,
+        isa_rec=isa_rec,
+    )
+    failure.drift = verdict_record(verdict)  # the report plots failed checks too
+    return failure
+
+
+def _detail(item: CheckItem, today: Built, verdict: Verdict, isa_class: str) -> str:
+    where = first_divergence(item, today, isa_class)
+    return verdict.message() + (f"\n{where}" if where else "")
+
+
+def verdict_record(result: CheckResult | Verdict | None) -> dict[str, Any]:
     """Drift numbers of a numeric check, for reports: the worst leaf's error, the policy's limit
     for it, and SQNR (empty when the check compared nothing numeric)."""
+    verdict = result.judged if isinstance(result, CheckResult) else result
     if verdict is None or not verdict.stats:
         return {}
     numeric = [s for s in verdict.stats if s.problem is None] or verdict.stats
@@ -510,10 +813,14 @@ def test_golden(
     # graph's, whatever warning filters the process runs under (see harness.recorded_warnings).
     with recorded_warnings.recording() as caught:
         try:
-            verdict = run_check(qbc_check, qbc_policy)
+            result = run_check(qbc_check, qbc_policy)
         except GoldenSkip as exc:
+            record_property("qbc_isa", _isa_record(qbc_check.golden).as_dict())
             pytest.skip(str(exc))
         except GoldenFailure as exc:
+            # which ISA classes were compared, and how: every failure names them
+            rec = getattr(exc, "isa", None) or _isa_record(qbc_check.golden)
+            record_property("qbc_isa", rec.as_dict())
             if exc.drift:  # numbers of a failed numeric check: the report plots them
                 record_property(DRIFT_PROPERTY, exc.drift)
             if entry is None:
@@ -528,7 +835,10 @@ def test_golden(
             ) from None
         finally:
             record_property("qbc_warnings", recorded_warnings.summarize(caught))
-    record_property(DRIFT_PROPERTY, verdict_record(verdict))
+    record_property(DRIFT_PROPERTY, verdict_record(result))
+    record_property("qbc_isa", result.isa.as_dict())
+    if entry is None:  # ok, or approx (across ISA classes by the ISA rules): counted apart
+        record_property("qbc_verdict", result.verdict)
     if entry is not None:
         record_property("qbc_known_break_fixed", True)
         pytest.fail(

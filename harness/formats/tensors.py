@@ -36,12 +36,29 @@ def write_expected(b: Built, path: Path) -> None:
     torch.save(b.expected, path)
 
 
+def saved_state(model: Any) -> dict[str, Any]:
+    """``model.state_dict()`` with every tensor in contiguous layout, as state_dict goldens
+    store it (the same OrderedDict, module version metadata included; only tensors that are not
+    contiguous are replaced).
+
+    Packed weights unpack in the layout of the kernel that packed them, and torch picks that
+    kernel from the CPU (on an AVX512-VNNI CPU the x86 engine packs convolutions with oneDNN and
+    they unpack contiguous; elsewhere fbgemm's unpack channels-last). The values are the same;
+    storing one layout keeps the file independent of the CPU that wrote it.
+    """
+    state = model.state_dict()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state[key] = value.contiguous()
+    return state
+
+
 def write_state_dict(b: Built, path: Path) -> None:
-    torch.save(b.model.state_dict(), path)
+    torch.save(saved_state(b.model), path)
 
 
 def write_state_dict_legacy(b: Built, path: Path) -> None:
-    torch.save(b.model.state_dict(), path, _use_new_zipfile_serialization=False)
+    torch.save(saved_state(b.model), path, _use_new_zipfile_serialization=False)
 
 
 def read_state_dict(path: Path, ctx: LoadContext | None) -> Any:

@@ -11,7 +11,7 @@ Layers, top to bottom (a module may import from its own layer or any layer below
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
     quant                                       the quantization implementation
-    outcomes, compat, recorded_warnings,        leaves anyone may import
+    outcomes, compat, recorded_warnings, isa,   leaves anyone may import
       jsonstrict, names, harness (the package)
 
 Every import counts, at module level or inside a function, ``TYPE_CHECKING`` ones included: a
@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "harness.recorded_warnings",
         "harness.jsonstrict",
         "harness.names",
+        "harness.isa",
         "harness",
     ),
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
 
 from harness.compat import expected_torch_deprecations
-from harness.policy import KnownBreak, Policy, Where, compare_leaf, in_range, judge
+from harness.policy import KnownBreak, Policy, PolicyError, Where, compare_leaf, in_range, judge
 
+REPO = Path(__file__).resolve().parents[2]
 WHERE = Where("torch_ao", "fbgemm", "linear", "torch-2.13.0_qbc-0.1.0", "load", "avx2", "avx2")
 
 
@@ -62,15 +65,42 @@ def test_later_matching_rule_overrides_and_budget_is_a_fraction() -> None:
     assert not judge(q([11, 21]), q([10, 20]), policy, WHERE).ok
 
 
-def test_isa_changed_rule_applies_only_across_isas() -> None:
-    policy = Policy(
-        {"default": {}, "rule": [{"isa_changed": True, "max_steps": 1, "mismatch_budget": 1.0}]}
-    )
-    same = judge(q([11]), q([10]), policy, WHERE)
-    other = judge(
-        q([11]), q([10]), policy, Where(**{**WHERE.__dict__, "producer_isa": "avx2+avx512"})
-    )
-    assert not same.ok and other.ok
+def test_an_isa_rule_applies_only_to_approx_comparisons() -> None:
+    rule = {"isa_mode": "approx", "golden_isa": "avx512*", "max_steps": 1, "mismatch_budget": 1.0}
+    policy = Policy({"default": {}, "rule": [rule]})
+    across = Where(**{**WHERE.__dict__, "golden_isa": "avx512_vnni"})
+    exact = judge(q([11]), q([10]), policy, across)
+    approx = judge(q([11]), q([10]), policy, Where(**{**across.__dict__, "isa_mode": "approx"}))
+    assert not exact.ok and approx.ok
+
+
+def test_rules_compose_per_key_keeping_what_another_rule_granted() -> None:
+    # The fp32 rule grants 0.001 steps of noise per element; an ISA rule that grants one step
+    # on a budget and says atol 0 must not take the 0.001 back (file order does not matter).
+    fp32 = {"dtype": "float*", "atol_steps": 0.001, "max_steps": 0.001, "min_sqnr_db": 60.0}
+    isa_rule = {"isa_mode": "approx", "atol_steps": 0, "max_steps": 1, "min_sqnr_db": 30.0}
+    where = Where(**{**WHERE.__dict__, "isa_mode": "approx"})
+    for rules in ([fp32, isa_rule], [isa_rule, fp32]):
+        tol = Policy({"default": {}, "rule": rules}).tolerance(where, "float32")
+        assert (tol.atol_steps, tol.max_steps, tol.min_sqnr_db) == (0.001, 1, 30.0)
+
+
+def test_the_default_holds_for_a_limit_no_rule_sets() -> None:
+    policy = Policy({"default": {"min_sqnr_db": 20.0}, "rule": [{"max_steps": 2}]})
+    tol = policy.tolerance(WHERE, "quint8")
+    assert (tol.max_steps, tol.min_sqnr_db) == (2, 20.0)
+
+
+def test_a_budget_above_zero_allows_at_least_one_element() -> None:
+    # 5 % of 4 elements floors to 0; a rule that grants a budget means at least one element.
+    policy = Policy({"default": {}, "rule": [{"max_steps": 1, "mismatch_budget": 0.05}]})
+    assert judge(q([10, 20, 30, 41]), q([10, 20, 30, 40]), policy, WHERE).ok
+    assert not judge(q([10, 20, 31, 41]), q([10, 20, 30, 40]), policy, WHERE).ok
+
+
+def test_an_unknown_rule_key_is_refused_naming_it() -> None:
+    with pytest.raises(PolicyError, match="isa_changed"):
+        Policy({"rule": [{"isa_changed": True, "max_steps": 1}]})
 
 
 def test_committed_policy_keeps_quantized_outputs_exact_on_the_same_machine() -> None:
@@ -134,3 +164,51 @@ def test_the_same_nan_and_inf_at_the_same_places_are_reproduced() -> None:
 def test_a_nan_python_scalar_matches_only_nan() -> None:
     assert judge({"scale": math.nan}, {"scale": math.nan}, Policy({"default": {}}), WHERE).ok
     assert not judge({"scale": math.nan}, {"scale": 0.1}, LENIENT, WHERE).ok
+
+
+#: output dtypes a rule can name (torch dtype names; python types of non-tensor leaves)
+DTYPES = ("float32", "float16", "bfloat16", "float64", "quint8", "qint8", "qint32", "int64")
+DTYPES += ("int32", "int8", "uint8", "bool", "int", "float", "str")
+
+
+def _known_values() -> dict[str, list[str]]:
+    """Every value a rule's match key can meet: today's catalogue, the store's producers."""
+    from harness.isa import CLASSES
+    from harness.policy import ISA_MODES
+    from harness.store import iter_goldens
+    from harness.subjects import all_cases, get_subject, subject_names
+
+    cases = all_cases()
+    return {
+        "subject": subject_names(),
+        "engine": sorted({e for s in subject_names() for e in get_subject(s).engines()}),
+        "case": sorted({c.name for c in cases}),
+        "dtype": list(DTYPES),
+        "producer": sorted({g.producer for g in iter_goldens(REPO / "golden")}),
+        "check": ["data", "load", "reproduce"],
+        "golden_isa": list(CLASSES),
+        "machine_isa": list(CLASSES),
+        "isa_mode": list(ISA_MODES),
+    }
+
+
+def test_the_committed_policy_has_no_rule_that_cannot_be_met_or_never_matches() -> None:
+    assert Policy.load().lint(_known_values()) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ({"max_steps": -1, "reason": "r"}, "cannot be met"),
+        ({"mismatch_budget": 1.5, "reason": "r"}, "over 1"),
+        ({"atol_steps": 2, "max_steps": 1, "reason": "r"}, "above max_steps"),
+        ({"engine": "tpu", "max_steps": 1, "reason": "r"}, "never matches"),
+        ({"golden_isa": "avx512_vnni", "max_steps": 1, "reason": "r"}, "isa_mode = 'approx'"),
+        ({"golden_isa": "avx3", "isa_mode": "approx", "max_steps": 1, "reason": "r"}, "never"),
+        ({"engine": "fbgemm", "reason": "r"}, "grants no limit"),
+        ({"max_steps": 1}, "says no reason"),
+    ],
+)
+def test_the_lint_names_a_rule_that_cannot_work(rule: dict, problem: str) -> None:
+    (found,) = Policy({"rule": [rule]}).lint(_known_values())
+    assert problem in found

@@ -107,10 +107,12 @@ def _copy_golden(golden: st.Golden, store: Path) -> st.Golden:
     """A private copy of one golden (its folder and the blobs it references) in ``store``."""
     dest = store / golden.subject / golden.producer
     shutil.copytree(golden.dir, dest / golden.engine / golden.case)
-    for entry in golden.manifest["files"].values():
-        if entry["path"].startswith(f"{st.BLOBS}/"):
-            (dest / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(golden.producer_dir / entry["path"], dest / entry["path"])
+    entries = [*golden.manifest.files.values()]
+    entries += [e for cls in golden.manifest.class_files.values() for e in cls.values()]
+    for entry in entries:
+        if entry.path.startswith(f"{st.BLOBS}/"):
+            (dest / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(golden.producer_dir / entry.path, dest / entry.path)
     return _golden(store, golden.case)
 
 
@@ -134,8 +136,8 @@ def _replace_file(golden: st.Golden, fmt: str, path: Path) -> None:
     entry = st.add_file(golden.producer_dir, f"{golden.engine}/{golden.case}", path)
     manifest_path = golden.dir / st.MANIFEST
     data = json.loads(manifest_path.read_text())
-    data["files"][fmt].update(entry)
-    mf.write_manifest(manifest_path, data)
+    data["files"][fmt].update(entry.to_json())
+    manifest_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 @pytest.mark.parametrize("conv", ["conv2d", "conv1d"])

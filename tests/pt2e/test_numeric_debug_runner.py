@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 import harness.cases.qbc as qbc_cases
-from harness import manifest as mf
+from harness import isolation
 from harness import store as st
 from harness.cases import BuildContext, Built, Case
 from harness.compat import export_module
@@ -98,11 +99,17 @@ CASE = Case(
 )
 
 
+def use_test_case() -> None:
+    """Make the test case the qbc subject's only case (here, and in harness.isolation's worker
+    processes, which do not inherit this process's patches)."""
+    qbc_cases.CASES = [CASE]
+
+
 @pytest.fixture(scope="module")
 def golden_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary store holding one freshly generated golden of the test case."""
     store = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, isolation.setup_in_workers(use_test_case):
         mp.setattr(qbc_cases, "CASES", [CASE])
         result = generate(store, subjects=["qbc"], case_glob=CASE_NAME, engines=[ENGINE])
     if result.skipped:
@@ -111,8 +118,10 @@ def golden_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def with_case(monkeypatch: pytest.MonkeyPatch) -> None:
+def with_case(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(qbc_cases, "CASES", [CASE])
+    with isolation.setup_in_workers(use_test_case):
+        yield
 
 
 def _golden(store: Path) -> st.Golden:
@@ -130,11 +139,13 @@ def _copy_store(store: Path, dest: Path) -> Path:
 def _replace_file(golden: st.Golden, fmt: str, new_file: Path) -> None:
     """Put ``new_file`` in place of the golden's ``fmt`` file and record it in the manifest (the
     corruption under test is of the numbers, not of the store's integrity)."""
-    entry = st.add_file(golden.producer_dir, f"{golden.engine}/{golden.case}", new_file)
+    entry = st.add_file(
+        golden.producer_dir, f"{golden.engine}/{golden.case}", new_file, True, False
+    )
     manifest_path = golden.dir / st.MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    manifest["files"][fmt].update(entry)
-    mf.write_manifest(manifest_path, manifest)
+    manifest["files"][fmt].update(path=entry.path, sha256=entry.sha256, size=entry.size)
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _lifted_tensor(program: torch.export.ExportedProgram, placeholder: str) -> torch.Tensor:

@@ -179,7 +179,7 @@ def test_verify_of_a_store_from_a_newer_qbc_says_upgrade_qbc_naming_file_and_ver
 
 def test_a_missing_format_file_is_an_integrity_failure_not_a_key_error(store: Path) -> None:
     (golden,) = [i.golden for i in collect(store) if i.golden.case == OBSERVER][:1]
-    (golden.producer_dir / golden.manifest["files"]["state_dict"]["path"]).unlink()
+    (golden.producer_dir / golden.manifest.files["state_dict"].path).unlink()
 
     with pytest.raises(IntegrityError, match="is missing"):
         golden.path("state_dict")

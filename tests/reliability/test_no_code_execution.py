@@ -117,8 +117,8 @@ def test_formats_that_run_code_are_flagged_in_manifests_and_named_in_the_report(
     flagged = {
         (g.case, fmt)
         for g in iter_goldens(COMMITTED)
-        for fmt, entry in g.manifest["files"].items()
-        if entry.get("runs_code_on_load")
+        for fmt, entry in g.manifest.files.items()
+        if entry.runs_code_on_load
     }
     # Exactly the formats whose loader executes code, or the case's declared trusted loads.
     for case, fmt in flagged:

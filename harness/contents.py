@@ -1,0 +1,104 @@
+"""What a golden file holds, read for comparison without running it: two files whose bytes
+legitimately differ (a TorchScript archive's debug tables, a legacy pickle's storage keys) are
+the same when their contents are (harness.regen's determinism gate, the generator's per-ISA-class
+files, ``qbc diff``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+
+def contents(path: Path, trusted: bool = False) -> Any:
+    """What a tensor or TorchScript file holds, for comparing two of them: ``torch.load``
+    (weights_only unless ``trusted``), or a TorchScript archive's entries (:func:`archive`)."""
+    import torch
+
+    if zipfile.is_zipfile(path) and any(
+        n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()
+    ):
+        return archive(path)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:
+        if not trusted:  # full unpickling can run code: only for a case's declared trusted loads
+            raise
+        # Only reached for files the generator itself just wrote or the store holds and whose
+        # hash matched (e.g. dynamic LSTM packed params): trusted by construction of this check.
+        return torch.load(path, weights_only=False)
+
+
+#: TorchScript archive entries that record where and when it was written, not what it holds:
+#: debug tables (source paths, call stacks) and a per-save id
+_ARCHIVE_NOISE = (".debug_pkl", ".data/serialization_id")
+#: TorchScript numbers the classes it compiles per process (``___torch_mangle_28``) and files
+#: the first class of a module as ``container.py``, later ones as
+#: ``container/___torch_mangle_5.py``: where a class lands says how many modules were scripted
+#: before it in that process, not what it is
+_MANGLE = re.compile(r"[./]___torch_mangle_\d+")
+#: pickle opcodes that say how the stream is laid out, not what it holds
+_PICKLE_LAYOUT = {"PROTO", "FRAME"}
+
+
+def archive(path: Path) -> dict[str, str]:
+    """A TorchScript archive's contents without loading it (nothing in it runs): its code as
+    text, grouped by the module it defines classes of; its pickles as their opcodes; its
+    tensor and packed-parameter storages by sha256. Names lose the archive's top folder (the
+    file's name) and class mangling."""
+    code: dict[str, list[str]] = {}
+    out: dict[str, str] = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            name = info.filename.split("/", 1)[-1]
+            if name.endswith(_ARCHIVE_NOISE):
+                continue
+            data = z.read(info)
+            if name.endswith(".py"):
+                text = _MANGLE.sub("", data.decode("utf-8", "replace"))
+                code.setdefault(_MANGLE.sub("", name), []).append(text)
+            elif name.endswith(".pkl"):
+                out[name] = _pickle_text(data)
+            else:
+                out[name] = hashlib.sha256(data).hexdigest()
+    out.update({name: "".join(sorted(texts)) for name, texts in code.items()})
+    return out
+
+
+def _pickle_text(data: bytes) -> str:
+    """A pickle as its opcodes and arguments, one per line (read, never executed)."""
+    import pickletools
+
+    lines = []
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name not in _PICKLE_LAYOUT:
+            lines.append(f"{op.name} {_MANGLE.sub('', repr(arg))}")
+    return "\n".join(lines) + "\n"
+
+
+def text_diff(a: str, b: str, name: str = "") -> list[str]:
+    """A unified diff of two texts (one line of context), old ``A`` to new ``B``."""
+    label = f" {name}" if name else ""
+    return [
+        line.rstrip("\n")
+        for line in difflib.unified_diff(
+            a.splitlines(True), b.splitlines(True), f"A{label}", f"B{label}", n=1
+        )
+    ]
+
+
+def plain(value: Any) -> Any:
+    """ScriptObjects (packed params) compared through their serialized state."""
+    import torch
+
+    if isinstance(value, torch.ScriptObject):
+        return plain(value.__getstate__())
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain(v) for v in value)
+    return value
