@@ -304,17 +304,12 @@ def _counts_line(results: list[rs.CheckResult], seconds: float) -> str:
     order = ("failed", "xpass", "passed", "approx", "xfail", "skipped")
     counts = {o: sum(state(r) == o for r in results) for o in order}
     text = ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no checks"
-    modes = {m: sum((r.isa or {}).get("mode") == m for r in results) for m in isa_modes()}
+    modes = {m: sum((r.isa or {}).get("mode") == m for r in results) for m in isa.MODES}
     how = ", ".join(f"{m} {n}" for m, n in modes.items() if n)
     return f"{text} in {seconds:.1f}s\nISA: this machine {isa.detect().describe()}" + (
         f"; checks compared {how}" if how else ""
     )
 
-
-def isa_modes() -> tuple[str, ...]:
-    from harness.policy import ISA_MODES
-
-    return ISA_MODES
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -39,6 +39,12 @@ from pathlib import Path
 #: every ISA class, lowest first; the order is the capping order
 CLASSES = ("base", "avx2", "avx512", "avx512_vnni", "amx")
 
+#: how a check compares a golden's numbers across classes (harness.verify.isa_plan): ``exact``
+#: (numbers of this machine's class, or that match the golden's anyway), ``capped`` (recomputed
+#: in a worker capped to the golden's lower class), ``approx`` (across classes by the policy's
+#: measured ISA rules, when neither is possible)
+MODES = ("exact", "capped", "approx")
+
 #: the run-wide switch (see module docstring)
 RUN_CAP_VARIABLE = "QBC_ISA_CAP"
 
