@@ -311,7 +311,6 @@ def _counts_line(results: list[rs.CheckResult], seconds: float) -> str:
     )
 
 
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from harness.report import failure_groups, render_failure_groups, render_text, warning_summary
     from harness.report import matrix as build_matrix

@@ -384,7 +384,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         get_subject(name)  # UnknownName naming it, before anything is written
     producers = [mf.producer_id(subject=s) for s in subjects]
     command = prog + (f" --subject {' --subject '.join(args.subject)}" if args.subject else "")
-    classes = None if args.classes == "all" else [c for c in args.classes.split(",") if c != "own"]
+    wanted = getattr(args, "classes", "all")  # `qbc generate` has no --classes: every class
+    classes = None if wanted == "all" else [c for c in wanted.split(",") if c != "own"]
     if args.check:
         if args.case or args.engine:
             print(

@@ -146,23 +146,46 @@ def test_a_trusted_pickle_payload_cannot_write_outside_the_sandbox(tmp_path: Pat
     assert f"case {TRUSTED_CASE}, format state_dict" in outcome.message
 
 
+# Tasks of a worker process (harness.isolation): module-level, plain data in and out.
+
+
+def unpickle(data: bytes) -> str:
+    torch.load(io.BytesIO(data), weights_only=False)
+    return "ran"
+
+
+def write_scratch() -> str:
+    Path("left-behind").write_text("x")  # the working directory is the scratch folder
+    return os.getcwd()
+
+
+def fork_a_daemon() -> int:
+    r, w = os.pipe()
+    if os.fork() == 0:  # a process the task leaves behind
+        os.write(w, os.readlink("/proc/self").encode())  # its pid as the host sees it
+        import time
+
+        time.sleep(60)
+        os._exit(0)
+    return int(os.read(r, 32))
+
+
+def abort() -> None:
+    os.kill(os.getpid(), signal.SIGABRT)
+
+
 def _in_sandbox(code: str) -> tuple[str, str]:
     """Run ``code`` unpickled in a sandboxed child; (outcome, message)."""
-
-    def run(data: bytes) -> str:
-        torch.load(io.BytesIO(data), weights_only=False)
-        return "ran"
-
     try:
-        return "ok", isolation.call(run, pickle_running(code), timeout=120, sandboxed=True)
-    except isolation.IsolatedLoadProblem as problem:
+        return "ok", isolation.call(unpickle, pickle_running(code), timeout=120, sandboxed=True)
+    except isolation.TaskProblem as problem:
         return type(problem).__name__, str(problem)
 
 
 def test_the_sandbox_has_no_network() -> None:
     code = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=5)"
     outcome, message = _in_sandbox(code)
-    assert outcome == "LoadError"
+    assert outcome == "TaskError"
     assert "unreachable" in message or "Network" in message or "Errno" in message
 
 
@@ -170,38 +193,24 @@ def test_the_sandbox_cannot_signal_the_runner() -> None:
     # The payload aims SIGKILL at this test's process: its pid means nothing in the sandbox's
     # PID namespace, and Landlock scopes signals to the sandbox anyway (ABI 6+).
     outcome, message = _in_sandbox(f"import os, signal; os.kill({os.getpid()}, signal.SIGKILL)")
-    assert outcome == "LoadError"
+    assert outcome == "TaskError"
     assert "ProcessLookupError" in message or "PermissionError" in message
 
 
 def test_the_sandbox_bounds_memory() -> None:
     # 64 GiB of new address space, over the sandbox's limit (QBC_SANDBOX_MEMORY_MB, 4 GiB)
     outcome, message = _in_sandbox("import torch; torch.empty(64 << 30, dtype=torch.uint8)")
-    assert outcome in ("LoadError", "NativeCrash")
+    assert outcome in ("TaskError", "NativeCrash")
     assert "memory" in message.lower() or "alloc" in message.lower() or "signal" in message
 
 
 def test_the_scratch_folder_is_writable_and_removed_after_the_task(tmp_path: Path) -> None:
-    def write_scratch() -> str:
-        Path("left-behind").write_text("x")  # the working directory is the scratch folder
-        return os.getcwd()
-
     scratch = isolation.call(write_scratch, sandboxed=True, timeout=120)
     assert "qbc-sandbox-" in scratch
     assert not Path(scratch).exists()
 
 
 def test_descendants_of_a_task_die_with_it() -> None:
-    def fork_a_daemon() -> int:
-        r, w = os.pipe()
-        if os.fork() == 0:  # a process the task leaves behind
-            os.write(w, os.readlink("/proc/self").encode())  # its pid as the host sees it
-            import time
-
-            time.sleep(60)
-            os._exit(0)
-        return int(os.read(r, 32))
-
     host_pid = isolation.call(fork_a_daemon, sandboxed=True, timeout=120)
     import time
 
@@ -236,8 +245,5 @@ def test_the_sandbox_that_ran_is_named() -> None:
 
 
 def test_a_sandboxed_crash_is_reported_as_the_same_signal() -> None:
-    def abort() -> None:
-        os.kill(os.getpid(), signal.SIGABRT)
-
     with pytest.raises(isolation.NativeCrash, match="SIGABRT"):
         isolation.call(abort, sandboxed=True, timeout=120)
