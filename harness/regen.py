@@ -65,6 +65,9 @@ class GoldenChange:
     missing_classes: list[str] = field(default_factory=list)
     #: ISA classes the new golden holds and the old one does not
     new_classes: list[str] = field(default_factory=list)
+    #: ``<format> [<class>]`` -> why the two files cannot be compared (harness.isa.Gap: one was
+    #: written by a real CPU of that class, the other by capping a CPU that differs there)
+    gapped: dict[str, str] = field(default_factory=dict)
 
 
 class NoSubjects(ValueError):
@@ -131,6 +134,7 @@ def _compare_golden(a: Golden, b: Golden) -> GoldenChange:
 
 
 def _compare_class(a: Golden, b: Golden, cls: str, label: str, change: GoldenChange) -> None:
+    from harness.isa import emulation_gap
     from harness.policy import compare_leaf, flatten
     from harness.subjects import get_case
 
@@ -139,6 +143,11 @@ def _compare_class(a: Golden, b: Golden, cls: str, label: str, change: GoldenCha
     for fmt in sorted(set(fa) | set(fb)):
         key = f"{fmt}{label}"
         ea, eb = fa.get(fmt), fb.get(fmt)
+        gaps = [emulation_gap(a.subject, a.engine, fmt, cls, _writer_cpu(g)) for g in (a, b)]
+        if (gaps[0] is None) != (gaps[1] is None):
+            gap = gaps[0] or gaps[1]
+            change.gapped[f"{fmt} [{cls}]"] = gap.reason  # type: ignore[union-attr]
+            continue
         change.compared[cls] = change.compared.get(cls, 0) + 1
         if ea is None or eb is None:
             change.formats[key] = f"only in the {'new' if ea is None else 'old'} golden"
@@ -173,6 +182,11 @@ def _compare_class(a: Golden, b: Golden, cls: str, label: str, change: GoldenCha
             change.formats[key] = "; ".join(differing)
         elif eb.deterministic:
             change.formats[key] = f"{hashes}, same contents"
+
+
+def _writer_cpu(golden: Golden) -> str:
+    """The ISA class of the CPU that wrote the golden (its flags, uncapped)."""
+    return mf.class_of_isa_flags((golden.manifest.machine or {}).get("isa") or {})  # type: ignore[union-attr]
 
 
 def summary_lines(changes: Sequence[GoldenChange], producers: Sequence[str]) -> list[str]:
@@ -250,6 +264,8 @@ class CheckReport:
     skipped: dict[str, str] = field(default_factory=dict)
     #: class -> goldens of the store that lack a class this machine writes (not drift)
     not_committed: dict[str, int] = field(default_factory=dict)
+    #: class -> (files not comparable, why): harness.isa.Gap
+    gapped: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def class_lines(self) -> list[str]:
         from harness.isa import CLASSES
@@ -264,6 +280,9 @@ class CheckReport:
                 )
             if cls in self.skipped:
                 lines.append(f"  {cls}: in the store, not compared here: {self.skipped[cls]}")
+            if cls in self.gapped:
+                n, why = self.gapped[cls]
+                lines.append(f"  {cls}: {n} files not comparable (capping cannot reproduce: {why})")
             if cls in self.not_committed:
                 lines.append(
                     f"  {cls}: written here, absent from {self.not_committed[cls]} stored "
@@ -294,6 +313,9 @@ def report_changes(
             report.skipped[cls] = (unreachable or {}).get(cls, "not written by this run")
         for cls in c.new_classes:
             report.not_committed[cls] = report.not_committed.get(cls, 0) + 1
+        for key, why in c.gapped.items():
+            cls = key.rsplit("[", 1)[1].rstrip("]")
+            report.gapped[cls] = (report.gapped.get(cls, (0, why))[0] + 1, why)
     return report
 
 
