@@ -4,9 +4,9 @@ Layers, top to bottom (a module may import from its own layer or any layer below
 
     cli, report, diff, pytest_plugin            what users run
     verify, generate, retention, regen          the runner, the generator, the store's retention
-    store, integrity, isolation, manifest,      the golden store and the guards around loads,
-      atomic, lock, policy, results, sandbox,     downstream runtimes' lowerings
-      downstream
+    store, integrity, contents, isolation,      the golden store and the guards around loads,
+      manifest, atomic, lock, policy,             downstream runtimes' lowerings
+      results, sandbox, downstream
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "harness.store",
         "harness.results",
         "harness.integrity",
+        "harness.contents",
         "harness.isolation",
         "harness.manifest",
         "harness.atomic",
