@@ -292,21 +292,26 @@ def _writable(path: str | None, option: str) -> None:
 
 
 def _counts_line(results: list[rs.CheckResult], seconds: float) -> str:
-    """``1 failed, 3650 passed, 26 approx, 12 xfail in 80.1s``, then how the ISA classes were
-    compared: ``ISA: this machine avx512_vnni; checks exact 3600, capped 52, approx 26``.
-    ``approx`` (passed across ISA classes by the policy's ISA rules) is counted apart from
-    ``passed``."""
+    """``1 failed, 3650 passed, 26 approx, 12 xfail in 80.1s``: ``approx`` (passed across ISA
+    classes by the policy's ISA rules) is counted apart from ``passed``."""
+    order = ("failed", "xpass", "passed", "approx", "xfail", "skipped")
+    counts = {o: sum(_state(r) == o for r in results) for o in order}
+    text = ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no checks"
+    return f"{text} in {seconds:.1f}s"
+
+
+def _state(r: rs.CheckResult) -> str:
+    return "approx" if r.outcome == "passed" and r.verdict == "approx" else r.outcome
+
+
+def _isa_line(results: list[rs.CheckResult]) -> str:
+    """How the ISA classes were compared: ``ISA: this machine avx512_vnni; checks compared
+    exact 3600, capped 52, approx 26`` (harness.verify.isa_plan)."""
     from harness import isa
 
-    def state(r: rs.CheckResult) -> str:
-        return "approx" if r.outcome == "passed" and r.verdict == "approx" else r.outcome
-
-    order = ("failed", "xpass", "passed", "approx", "xfail", "skipped")
-    counts = {o: sum(state(r) == o for r in results) for o in order}
-    text = ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no checks"
     modes = {m: sum((r.isa or {}).get("mode") == m for r in results) for m in isa.MODES}
     how = ", ".join(f"{m} {n}" for m, n in modes.items() if n)
-    return f"{text} in {seconds:.1f}s\nISA: this machine {isa.detect().describe()}" + (
+    return f"ISA: this machine {isa.detect().describe()}" + (
         f"; checks compared {how}" if how else ""
     )
 
@@ -393,6 +398,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             ("\n" if args.verbosity >= 0 else "") + render_failure_groups(failure_groups(results))
         )
+    if args.verbosity >= 0:
+        print("\n" + _isa_line(results))
     print(("\n" if args.verbosity >= -1 else "") + _counts_line(results, seconds))
     return EXIT_REGRESSION if bad or code not in (0, 5) else EXIT_OK
 

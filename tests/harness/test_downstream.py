@@ -7,6 +7,7 @@ one committed golden with every real consumer, skipped without the ``downstream`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import downstream
+from harness import downstream, isolation
 from harness.outcomes import GoldenFailure, GoldenSkip
 from harness.policy import KnownBreak, Policy, Where
 from harness.results import CheckResult
@@ -39,10 +40,45 @@ def _expected(golden) -> torch.Tensor:
     return torch.load(golden.path("expected"), weights_only=True)
 
 
+# Stand-in lowerings. Lowerings run in harness.isolation's worker processes, which import what
+# they run by name: these are module-level, and installed there too (install_stand_in).
+
+
+def lower_faithfully(program, inputs):  # type: ignore[no-untyped-def]
+    return downstream.Lowered(program.module()(*inputs))
+
+
+def lower_100_off(program, inputs):  # type: ignore[no-untyped-def]
+    return downstream.Lowered(program.module()(*inputs) + 100.0)
+
+
+def lower_leaving_layer_norm_outside(program, inputs):  # type: ignore[no-untyped-def]
+    return downstream.Lowered(
+        program.module()(*inputs), delegates=2, outside=("aten.native_layer_norm.default",)
+    )
+
+
+def lower_aborting(program, inputs):  # type: ignore[no-untyped-def]
+    os.abort()
+
+
+def lower_without_a_kernel(program, inputs):  # type: ignore[no-untyped-def]
+    raise NotImplementedError("no kernel for quantized_max_pool2d")
+
+
+def install_stand_in(lower: str, whole_graph_delegated: bool) -> None:
+    """Register consumer ``stand_in`` lowering with the function named ``lower``."""
+    downstream.CONSUMERS["stand_in"] = downstream.Consumer(
+        "stand_in", (), (), isolation.resolve(lower), "test stand-in", whole_graph_delegated
+    )
+    downstream.MEMO["stand_in"] = {}
+
+
 @pytest.fixture
 def stand_in(monkeypatch: pytest.MonkeyPatch):
-    """Install a consumer ``stand_in`` whose lowering is the given function (forked children
-    inherit it, as they inherit a real consumer's imports)."""
+    """Install a consumer ``stand_in`` whose lowering is the given function, here and (for a
+    module-level function) in every worker task child."""
+    stack = contextlib.ExitStack()
 
     def install(lower, whole_graph_delegated: bool = False) -> str:
         consumer = downstream.Consumer(
@@ -50,9 +86,17 @@ def stand_in(monkeypatch: pytest.MonkeyPatch):
         )
         monkeypatch.setitem(downstream.CONSUMERS, "stand_in", consumer)
         monkeypatch.setitem(downstream.MEMO, "stand_in", {})
+        # a stand-in needs no warm-up (and one that aborts must only ever run in a worker)
+        monkeypatch.setattr(downstream, "warm_up", lambda name: None)
+        with contextlib.suppress(TypeError):  # a closure: used in this process only
+            name = isolation.task_name(lower)
+            stack.enter_context(
+                isolation.setup_in_workers(install_stand_in, name, whole_graph_delegated)
+            )
         return "stand_in"
 
-    return install
+    with stack:
+        yield install
 
 
 def test_collect_adds_one_check_per_consumer_to_every_exported_golden() -> None:
@@ -87,14 +131,14 @@ def test_a_consumer_without_its_runtime_is_skipped_with_the_install_command(
 def test_without_isolation_a_downstream_check_is_skipped(
     monkeypatch: pytest.MonkeyPatch, stand_in
 ) -> None:
-    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs)))
+    name = stand_in(lower_faithfully)
     monkeypatch.setenv("QBC_ISOLATION", "0")
     with pytest.raises(GoldenSkip, match="forked child"):
         run_check(CheckItem(_golden(), "exported", name), POLICY)
 
 
 def test_a_consumer_reproducing_the_stored_output_passes(stand_in) -> None:
-    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs)))
+    name = stand_in(lower_faithfully)
     verdict = run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert verdict is not None and verdict.ok
 
@@ -102,19 +146,14 @@ def test_a_consumer_reproducing_the_stored_output_passes(stand_in) -> None:
 def test_a_consumer_output_beyond_policy_fails_the_downstream_check(stand_in) -> None:
     # 2 output steps off on every element: beyond any consumer's rule (at most 2 steps on a
     # fraction of the elements), and the stand-in matches no rule of its own
-    name = stand_in(lambda program, inputs: downstream.Lowered(program.module()(*inputs) + 100.0))
+    name = stand_in(lower_100_off)
     with pytest.raises(GoldenFailure, match="stand_in: output differs") as info:
         run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert info.value.check == "downstream"
 
 
 def test_ops_left_outside_the_delegate_fail_the_delegation_check(stand_in) -> None:
-    def lower(program, inputs):
-        return downstream.Lowered(
-            program.module()(*inputs), delegates=2, outside=("aten.native_layer_norm.default",)
-        )
-
-    name = stand_in(lower, whole_graph_delegated=True)
+    name = stand_in(lower_leaving_layer_norm_outside, whole_graph_delegated=True)
     with pytest.raises(GoldenFailure, match=r"outside: aten\.native_layer_norm\.default") as info:
         run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert info.value.check == "delegation"
@@ -123,17 +162,14 @@ def test_ops_left_outside_the_delegate_fail_the_delegation_check(stand_in) -> No
 def test_a_runtime_that_aborts_fails_only_that_golden(stand_in) -> None:
     # ExecuTorch's kernels abort the process on a failed assertion (measured: a float zero
     # point in dequantize_per_channel); the lowering runs in a child, so this is one failure.
-    name = stand_in(lambda program, inputs: os.abort())
+    name = stand_in(lower_aborting)
     with pytest.raises(GoldenFailure, match="native crash") as info:
         run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert info.value.error == "NativeCrash"
 
 
 def test_a_lowering_error_names_its_exception_type(stand_in) -> None:
-    def lower(program, inputs):
-        raise NotImplementedError("no kernel for quantized_max_pool2d")
-
-    name = stand_in(lower)
+    name = stand_in(lower_without_a_kernel)
     with pytest.raises(GoldenFailure, match="lowering failed") as info:
         run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert info.value.error == "NotImplementedError"
@@ -187,7 +223,7 @@ def test_every_consumer_runs_a_committed_golden_within_policy(consumer: str) -> 
     reason = downstream.unavailable_reason(consumer)
     if reason:
         pytest.skip(reason)
-    verdict = run_check(CheckItem(_golden(), "exported", consumer), POLICY)
-    assert verdict is not None and verdict.ok
+    result = run_check(CheckItem(_golden(), "exported", consumer), POLICY)
+    assert result.ok
     # XNNPACK takes the whole Linear -> Linear program as one delegate
-    assert verdict.delegates == (1 if consumer == "executorch_xnnpack" else None)
+    assert result.judged.delegates == (1 if consumer == "executorch_xnnpack" else None)
