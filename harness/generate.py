@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import atomic
+from harness import atomic, index
 from harness import manifest as mf
 from harness import store as st
 from harness.cases import BuildContext, Case, select_cases
@@ -27,6 +27,8 @@ class GenerateResult:
     written: list[str] = field(default_factory=list)  # golden ids
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (golden id, reason)
     producer_dirs: list[Path] = field(default_factory=list)
+    #: ``subject/producer`` written by a full (unfiltered) run
+    complete: set[str] = field(default_factory=set)
 
 
 def write_golden(case: Case, engine: str, producer_tmp: Path, command: str) -> None:
@@ -105,7 +107,12 @@ def generate(
                 shutil.rmtree(tmp)
                 continue
             result.producer_dirs.append(st.replace_producer(tmp, producer))
+            if not partial:
+                result.complete.add(f"{subject_name}/{producer}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    # The store index follows every regeneration (harness.index); a full run of a subject marks
+    # its producer complete, so verify holds it to the whole case catalogue.
+    index.write(Path(store), result.complete)
     return result

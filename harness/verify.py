@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import compat, downstream, isolation, recorded_warnings
+from harness import compat, downstream, index, isolation, recorded_warnings
 from harness import manifest as mf
 from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
@@ -41,7 +41,7 @@ from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_f
 from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
 from harness.results import CHECK_ID_PROPERTY, CONSUMER_PROPERTY, DRIFT_PROPERTY
 from harness.store import Golden, iter_goldens
-from harness.subjects import check_engine, get_case, get_subject
+from harness.subjects import check_engine, get_case, get_subject, subject_names
 
 #: name of the single check a golden with an unusable manifest gets
 MANIFEST_CHECK = "manifest"
@@ -70,7 +70,27 @@ def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
             items.append(CheckItem(g, f))
             if f == "exported":
                 items += [CheckItem(g, f, c) for c in consumers]
+    # then one failing check per thing the store index does not account for (harness.index: a
+    # golden added, removed or changed without it, or missing from today's catalogue)
+    for gid, fmt, message in index.problems(store, catalogue_expectations()):
+        ids = dict(zip(("subject", "producer", "engine", "case"), gid.split("/"), strict=True))
+        ghost = Golden(store=Path(store), **ids, manifest={"files": {}}, problem=message)
+        items.append(CheckItem(ghost, fmt))
     return items
+
+
+def catalogue_expectations() -> dict[str, dict[str, list[str]]]:
+    """Today's producer of every subject -> the goldens its case catalogue writes,
+    ``{"<engine>/<case>": [formats]}`` (what a full regeneration must have stored)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in subject_names():
+        subject = get_subject(name)
+        out[f"{name}/{mf.producer_id(subject=name)}"] = {
+            f"{engine}/{case.name}": list(case.formats_for(engine))
+            for case in subject.cases()
+            for engine in (case.engines or subject.engines())
+        }
+    return out
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
@@ -189,16 +209,30 @@ def precheck(item: CheckItem) -> None:
     __tracebackhide__ = True
     g = item.golden
     if g.problem is not None:
-        raise _fail(item, "unusable golden manifest", g.problem, check=MANIFEST_CHECK)
+        what = (
+            "unusable golden manifest"
+            if item.fmt == MANIFEST_CHECK
+            else "the store does not match its index or the case catalogue"
+        )
+        raise _fail(item, what, g.problem, check=MANIFEST_CHECK)
     try:
         subject = get_subject(g.subject)
         check_engine(subject, g.engine)
-        get_case(g.subject, g.case)
+        case = get_case(g.subject, g.case)
         get_format(item.fmt)
     except KeyError as exc:
         raise _fail(
             item, "golden names something this qbc does not know", str(exc.args[0])
         ) from None
+    if item.fmt not in case.formats_for(g.engine):
+        # e.g. a package entry added to a golden whose case writes no package: never loaded
+        raise _fail(
+            item,
+            "format not declared by the golden's case",
+            f"case {g.case} writes {', '.join(case.formats_for(g.engine))} on engine "
+            f"{g.engine}; the manifest also lists {item.fmt}",
+            check=MANIFEST_CHECK,
+        )
 
 
 F = TypeVar("F", bound=Callable[..., Any])
