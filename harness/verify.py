@@ -60,6 +60,22 @@ class CheckItem:
         return f"{self.golden.id}/{self.fmt}" + (f"@{self.consumer}" if self.consumer else "")
 
 
+#: largest graph.txt read (signatures of the catalogue are 1-20 KB)
+MAX_SIGNATURE_BYTES = 1 << 20
+#: longest diff a failure message carries (the rest is summarized in one line)
+MAX_DIFF_CHARS = 20_000
+
+
+def _capped(text: str, limit: int = MAX_DIFF_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    rest = text[limit:]
+    return (
+        f"{text[:limit]}\n... {rest.count(chr(10))} more lines ({len(rest)} characters) not shown"
+    )
+
+
 def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
     """Every (golden, format) check of the store, in id order; with ``consumers``, also one
     check per downstream consumer of every exported golden (``.../exported@onnxruntime``)."""
@@ -341,6 +357,14 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
         today = _today(g.subject, g.case, g.engine, input_key, str(input_path))
         inputs = today.inputs
         if fmt.role == "graph":
+            if path.stat().st_size > MAX_SIGNATURE_BYTES:
+                raise _fail(
+                    item,
+                    "graph signature too large",
+                    f"{path} is {path.stat().st_size} bytes; a signature is a few KB "
+                    f"(limit {MAX_SIGNATURE_BYTES}): not read, not diffed",
+                    check="graph",
+                )
             stored = path.read_text()
             today_sig = today.get("signature")
             if today_sig != stored:
@@ -352,7 +376,7 @@ def run_check(item: CheckItem, policy: Policy) -> Verdict | None:
                         "today",
                     )
                 )
-                raise _fail(item, "graph signature changed", diff, check="graph")
+                raise _fail(item, "graph signature changed", _capped(diff), check="graph")
             return None
         if fmt.role == "aux":
             fmt.read(path, None)
