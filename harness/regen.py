@@ -376,7 +376,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             )
             return 2
     store = Path(args.store)
-    if args.index:
+    if getattr(args, "index", False):  # qbc generate builds its own namespace
         from harness import index
         from harness.verify import catalogue_expectations
 
