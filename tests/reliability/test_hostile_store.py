@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -78,7 +77,8 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
         n += 1
 
     for variant, (make, _) in pt2_variants.VARIANTS.items():
-        marker = markers / f"pt2-{variant}"
+        (markers / variant).mkdir()  # the AOTI variant compiles its .so beside its marker
+        marker = markers / variant / "marker"
 
         def edit(manifest: dict, producer_dir: Path, make=make, marker=marker) -> None:
             path = producer_dir / manifest["files"]["exported"]["path"]
@@ -86,7 +86,7 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
 
         add(f"pt2 {variant}", "qbc", "reference", "pt2e_two_linear", edit)
     for fmt in ("scripted", "traced"):
-        marker = markers / f"torchscript-{fmt}"
+        marker = markers / f"{fmt}-marker"
         add(
             f"TorchScript {fmt} writing a file",
             "torch_ao",
@@ -94,7 +94,7 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
             "linear",
             replace(fmt, lambda m=marker: code_payloads.scripted_writer(m)),
         )
-    package_marker, trusted_marker, pickle_marker = (markers / k for k in ("pkg", "trusted", "wo"))
+    package_marker, trusted_marker, pickle_marker = (markers / f"{k}-marker" for k in ("pkg", "trusted", "wo"))
     add(
         "package payload",
         "torch_ao",
@@ -130,9 +130,12 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
         state = torch.load(path / entry["files"]["state_dict"]["path"], weights_only=True)
         buf = io.BytesIO()
         with torch.no_grad():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    state[key] = torch.full_like(value, float("nan"))
+            # the fp16 weight and the bias sit in the packed-params tuple
+            weight, bias = state["_packed_params._packed_params"]
+            state["_packed_params._packed_params"] = (
+                torch.full_like(weight, float("nan")),
+                torch.nn.Parameter(torch.full_like(bias, float("nan"))),
+            )
         torch.save(state, buf)
         return buf.getvalue()
 
@@ -167,7 +170,7 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
         cwd=tmp_path,
     )
 
-    assert sorted(os.listdir(markers)) == [], "a payload ran outside the sandbox"
+    assert sorted(markers.rglob("*marker")) == [], "a payload ran outside the sandbox"
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     failed_goldens = {r["id"].rsplit("/", 1)[0] for r in rows if r["outcome"] == "failed"}
