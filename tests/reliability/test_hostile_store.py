@@ -94,7 +94,9 @@ def test_the_default_verify_runs_no_payload_and_names_every_hostile_golden(
             "linear",
             replace(fmt, lambda m=marker: code_payloads.scripted_writer(m)),
         )
-    package_marker, trusted_marker, pickle_marker = (markers / f"{k}-marker" for k in ("pkg", "trusted", "wo"))
+    package_marker, trusted_marker, pickle_marker = (
+        markers / f"{k}-marker" for k in ("pkg", "trusted", "wo")
+    )
     add(
         "package payload",
         "torch_ao",
