@@ -37,9 +37,11 @@ from harness import results as rs
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_NOTHING = 0, 1, 2, 5
 
-#: below this many checks, ``-n auto`` verifies in process: starting a worker imports torch and
-#: harness (~4 s of CPU each here), which a small store never wins back (bench/cli_workers.py)
-PARALLEL_MIN_CHECKS = 400
+#: below this many checks, ``-n auto`` verifies in process: a worker imports torch and harness and
+#: builds today's cases again. bench/cli_workers.py, 2 cores (load 13): 17 checks, two workers
+#: cost 1.8x the CPU of one process; 188 checks, 1.5x the CPU and 1.10x the wall time; 552
+#: checks, 1.47x the CPU and 0.72x the wall time
+PARALLEL_MIN_CHECKS = 200
 
 
 class UserError(Exception):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import atomic, isa, isolation
+from harness import atomic, index, isa, isolation
 from harness import manifest as mf
 from harness import store as st
 from harness.cases import BuildContext, Case, select_cases
@@ -44,6 +44,8 @@ class GenerateResult:
     #: ISA classes written (this process's own first) and those skipped, with the reason
     classes: list[str] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    #: ``subject/producer`` written by a full (unfiltered) run
+    complete: set[str] = field(default_factory=set)
 
 
 def write_files(case: Case, engine: str, out_dir: Path) -> dict[str, Path]:
@@ -220,9 +222,14 @@ def generate(
                 shutil.rmtree(tmp)
                 continue
             result.producer_dirs.append(st.replace_producer(tmp, producer))
+            if not partial:
+                result.complete.add(f"{subject_name}/{producer}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    # The store index follows every regeneration (harness.index); a full run of a subject marks
+    # its producer complete, so verify holds it to the whole case catalogue.
+    index.write(Path(store), result.complete)
     return result
 
 

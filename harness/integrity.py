@@ -267,6 +267,10 @@ def verified_file(store: Path, producer_dir: Path, entry: Any, label: str) -> Pa
         raise fail(f"{path}: {exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise fail(f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})")
+    if st.st_nlink > 1:
+        # a hard link could make a golden's file another file of the machine (whose content
+        # a failure diff would then print); a checkout never creates them
+        raise fail(f"{path} has {st.st_nlink} hard links; golden files must be plain files")
     if st.st_size > MAX_FILE_BYTES:
         raise fail(
             f"{path} is {st.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit; not hashed "

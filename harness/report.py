@@ -225,10 +225,9 @@ def render_failure_groups(groups: list[dict[str, Any]]) -> str:
     for g in groups:
         worst = ""
         if g["max_steps"] is not None:
-            limit = (
-                f" (limit {_fmt_steps(g['limit_steps'])})" if g["limit_steps"] is not None else ""
-            )
-            worst = f"; worst {_fmt_steps(g['max_steps'])} steps{limit}"
+            limit = g["limit_steps"]
+            policy = f" (policy max_steps {_fmt_steps(limit)})" if limit is not None else ""
+            worst = f"; worst {_fmt_steps(g['max_steps'])} steps{policy}"
         n = len(g["checks"])
         lines.append(
             f"FAILED {g['subject']}/{g['engine']}/{g['case']}: {g['cause']} "

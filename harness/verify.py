@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import compat, downstream, isa, isolation, recorded_warnings
+from harness import compat, downstream, index, isa, isolation, recorded_warnings
 from harness import manifest as mf
 from harness.cases import BuildContext, Built
 from harness.formats import LoadContext, get_format
@@ -55,7 +55,7 @@ from harness.outcomes import GoldenFailure, GoldenSkip, IntegrityError, golden_f
 from harness.policy import Failure, KnownBreak, Policy, Verdict, Where, judge
 from harness.results import CHECK_ID_PROPERTY, CONSUMER_PROPERTY, DRIFT_PROPERTY
 from harness.store import Golden, golden_at, iter_goldens
-from harness.subjects import check_engine, get_case, get_subject
+from harness.subjects import check_engine, get_case, get_subject, subject_names
 
 # Workers (harness.isolation) start with the runner and the case tables imported.
 isolation.warm("harness.verify")
@@ -78,6 +78,22 @@ class CheckItem:
         return f"{self.golden.id}/{self.fmt}" + (f"@{self.consumer}" if self.consumer else "")
 
 
+#: largest graph.txt read (signatures of the catalogue are 1-20 KB)
+MAX_SIGNATURE_BYTES = 1 << 20
+#: longest diff a failure message carries (the rest is summarized in one line)
+MAX_DIFF_CHARS = 20_000
+
+
+def _capped(text: str, limit: int = MAX_DIFF_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    rest = text[limit:]
+    return (
+        f"{text[:limit]}\n... {rest.count(chr(10))} more lines ({len(rest)} characters) not shown"
+    )
+
+
 def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
     """Every (golden, format) check of the store, in id order; with ``consumers``, also one
     check per downstream consumer of every exported golden (``.../exported@onnxruntime``)."""
@@ -88,7 +104,27 @@ def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
             items.append(CheckItem(g, f))
             if f == "exported":
                 items += [CheckItem(g, f, c) for c in consumers]
+    # then one failing check per thing the store index does not account for (harness.index: a
+    # golden added, removed or changed without it, or missing from today's catalogue)
+    for gid, fmt, message in index.problems(store, catalogue_expectations()):
+        ids = dict(zip(("subject", "producer", "engine", "case"), gid.split("/"), strict=True))
+        ghost = Golden(store=Path(store), **ids, manifest={"files": {}}, problem=message)
+        items.append(CheckItem(ghost, fmt))
     return items
+
+
+def catalogue_expectations() -> dict[str, dict[str, list[str]]]:
+    """Today's producer of every subject -> the goldens its case catalogue writes,
+    ``{"<engine>/<case>": [formats]}`` (what a full regeneration must have stored)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in subject_names():
+        subject = get_subject(name)
+        out[f"{name}/{mf.producer_id(subject=name)}"] = {
+            f"{engine}/{case.name}": list(case.formats_for(engine))
+            for case in subject.cases()
+            for engine in (case.engines or subject.engines())
+        }
+    return out
 
 
 def known_break(item: CheckItem, breaks: list[KnownBreak]) -> KnownBreak | None:
@@ -321,16 +357,30 @@ def precheck(item: CheckItem) -> None:
     __tracebackhide__ = True
     g = item.golden
     if g.problem is not None:
-        raise _fail(item, "unusable golden manifest", g.problem, check=MANIFEST_CHECK)
+        what = (
+            "unusable golden manifest"
+            if item.fmt == MANIFEST_CHECK
+            else "the store does not match its index or the case catalogue"
+        )
+        raise _fail(item, what, g.problem, check=MANIFEST_CHECK)
     try:
         subject = get_subject(g.subject)
         check_engine(subject, g.engine)
-        get_case(g.subject, g.case)
+        case = get_case(g.subject, g.case)
         get_format(item.fmt)
     except KeyError as exc:
         raise _fail(
             item, "golden names something this qbc does not know", str(exc.args[0])
         ) from None
+    if item.fmt not in case.formats_for(g.engine):
+        # e.g. a package entry added to a golden whose case writes no package: never loaded
+        raise _fail(
+            item,
+            "format not declared by the golden's case",
+            f"case {g.case} writes {', '.join(case.formats_for(g.engine))} on engine "
+            f"{g.engine}; the manifest also lists {item.fmt}",
+            check=MANIFEST_CHECK,
+        )
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -539,6 +589,14 @@ def run_check(item: CheckItem, policy: Policy) -> CheckResult:
     with subject.use_engine(g.engine):
         today = _today_for(g, plan.golden)
         if fmt.role == "graph":
+            if path.stat().st_size > MAX_SIGNATURE_BYTES:
+                raise _fail(
+                    item,
+                    "graph signature too large",
+                    f"{path} is {path.stat().st_size} bytes; a signature is a few KB "
+                    f"(limit {MAX_SIGNATURE_BYTES}): not read, not diffed",
+                    check="graph",
+                )
             stored = path.read_text()
             today_sig = today.get("signature")
             if today_sig != stored:
@@ -550,7 +608,9 @@ def run_check(item: CheckItem, policy: Policy) -> CheckResult:
                         "today",
                     )
                 )
-                raise _fail(item, "graph signature changed", diff, check="graph", isa_rec=exact)
+                raise _fail(
+                    item, "graph signature changed", _capped(diff), check="graph", isa_rec=exact
+                )
             return CheckResult("ok", exact)
         if fmt.role == "aux":
             fmt.read(path, None)

@@ -21,16 +21,17 @@
   (``torch.os.system`` included), called when the module runs.
 
 :func:`load` therefore reads the archive itself: the entries must be those ``torch.export.save``
-writes for one program (:data:`NEW_LAYOUT`, or the pre-2.7 :data:`OLD_LAYOUT`); weights and
-constants are built from their raw bytes and JSON metadata; the sample inputs, a ``torch.save`` pickle, are read with the
-weights-only unpickler and no fallback; the program's JSON is parsed
-refusing duplicate keys and checked against the grammar in :func:`check_program` (names are
-identifiers, targets are ops of :data:`OP_NAMESPACES`, no symbolic expression, no guard code, no
-custom object, metadata without line breaks). Only then does torch deserialize it, handed the
-tensors and inputs as objects so none of its unpickling paths runs.
-Afterwards every call target must be an operator overload of those namespaces. The pre-2.7
-layout stores its state dict, constants and example inputs as ``torch.save`` pickles: those are
-read the same weights-only way, like every other tensor file of the store.
+writes for one program (:data:`NEW_LAYOUT`, torch 2.8's :data:`PICKLED_LAYOUT`, or the pre-2.7
+:data:`OLD_LAYOUT`); weights and constants are built from their raw bytes and JSON metadata
+(torch 2.8 stores them as one ``torch.save`` dict each, read by the weights-only unpickler);
+the sample inputs, a ``torch.save`` pickle, are read with the weights-only unpickler and no
+fallback; the program's JSON is parsed refusing duplicate keys and checked against the grammar in
+:func:`check_program` (names are identifiers, targets are ops of :data:`OP_NAMESPACES`, no
+symbolic expression, no guard code, no custom object, metadata without line breaks). Only then
+does torch deserialize it, handed the tensors and inputs as objects so none of its unpickling
+paths runs. Afterwards every call target must be an operator overload of those namespaces. The
+pre-2.7 layout stores its state dict, constants and example inputs as ``torch.save`` pickles:
+those are read the same weights-only way, like every other tensor file of the store.
 
 Anything refused raises :class:`UnsafeArchive` naming the entry or field.
 """
@@ -70,6 +71,15 @@ NEW_LAYOUT = {
     f"data/sample_inputs/{MODEL}.pt",
 }
 _NEW_PAYLOAD = re.compile(r"data/(weights/weight|constants/tensor)_\d{1,9}")
+#: torch 2.8 wrote the pt2 archive with all weights, and all constants, as one ``torch.save``
+#: dict each (2.9 moved to one raw file per tensor with JSON metadata)
+PICKLED_LAYOUT = (
+    NEW_LAYOUT
+    - {f"data/weights/{MODEL}_weights_config.json", f"data/constants/{MODEL}_constants_config.json"}
+) | {
+    f"data/weights/{MODEL}.pt",
+    f"data/constants/{MODEL}.pt",
+}
 OLD_LAYOUT = {
     "version",
     "serialized_exported_program.json",
@@ -136,18 +146,29 @@ def load(path: Path) -> torch.export.ExportedProgram:
 
 def _load_new(archive: zipfile.ZipFile, names: list[str]) -> torch.export.ExportedProgram:
     root = PurePosixPath(names[0]).parts[0] if names else ""
-    for name in names:
-        rel = name[len(root) + 1 :] if name.startswith(root + "/") else None
-        if rel is None or not (rel in NEW_LAYOUT or _NEW_PAYLOAD.fullmatch(rel)):
+    rels = {name: name[len(root) + 1 :] if name.startswith(root + "/") else None for name in names}
+    # torch 2.8's layout: pickled weights and no per-tensor config (a mix is refused below)
+    pickled = f"data/weights/{MODEL}_weights_config.json" not in rels.values()
+    for name, rel in rels.items():
+        allowed = (
+            rel in PICKLED_LAYOUT
+            if pickled
+            else rel in NEW_LAYOUT or _NEW_PAYLOAD.fullmatch(rel or "")
+        )
+        if rel is None or not allowed:
             raise UnsafeArchive(f"entry {name!r} is not part of an exported program: {_why(rel)}")
     read = lambda rel: archive.read(f"{root}/{rel}")  # noqa: E731
     for rel, want in (("archive_format", b"pt2"), ("byteorder", b"little")):
         if read(rel) != want:
             raise UnsafeArchive(f"{rel} is {read(rel)[:40]!r}, expected {want!r}")
-    state = _payloads(archive, root, "weights", f"data/weights/{MODEL}_weights_config.json")
-    constants = _payloads(
-        archive, root, "constants", f"data/constants/{MODEL}_constants_config.json"
-    )
+    if pickled:
+        state = _weights_only(archive, f"{root}/data/weights/{MODEL}.pt", dict)
+        constants = _weights_only(archive, f"{root}/data/constants/{MODEL}.pt", dict)
+    else:
+        state = _payloads(archive, root, "weights", f"data/weights/{MODEL}_weights_config.json")
+        constants = _payloads(
+            archive, root, "constants", f"data/constants/{MODEL}_constants_config.json"
+        )
     inputs = _weights_only(archive, f"{root}/data/sample_inputs/{MODEL}.pt", tuple)
     return _deserialize(read(f"models/{MODEL}.json"), state, constants, inputs)
 
@@ -158,7 +179,10 @@ def _why(rel: str | None) -> str:
     if rel.startswith("data/aotinductor/") or rel.endswith((".so", ".dll", ".dylib")):
         return "AOTInductor code (shared objects torch would dlopen) is never loaded"
     if re.fullmatch(r"data/(weights|constants)/[^/]+\.pt", rel):
-        return "a legacy pickled weights/constants file (torch would unpickle it fully)"
+        return (
+            "a legacy pickled weights/constants file beside per-tensor payloads "
+            "(torch writes one or the other)"
+        )
     if "custom_obj" in rel or "opaque_obj" in rel:
         return "a pickled custom/opaque object (torch would unpickle it)"
     return "only the entries torch.export.save writes for one program are read"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import index
+
 REPO = Path(__file__).resolve().parents[2]
 STORE = REPO / "golden"
 PRODUCER_ID = "torch-2.13.0_qbc-0.1.0"
@@ -20,6 +22,7 @@ def store_copy(tmp_path: Path) -> Path:
     """A private copy of the committed torch_ao goldens (edits never touch the real store)."""
     dest = tmp_path / "golden"
     shutil.copytree(STORE / "torch_ao", dest / "torch_ao")
+    index.write(dest)  # the copy is accounted for, as a committed store is
     return dest
 
 
@@ -59,4 +62,5 @@ def small_store(tmp_path: Path) -> Path:
     for case_dir in dest.glob("*/*"):
         if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
             shutil.rmtree(case_dir)
+    index.write(tmp_path / "golden")  # the copy is accounted for, as a committed store is
     return tmp_path / "golden"

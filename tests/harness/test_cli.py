@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import PRODUCER_ID, REPO, STORE
 
-from harness import cli
+from harness import cli, index
 
 QBC = str(Path(sys.executable).parent / "qbc")
 KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
@@ -34,6 +34,7 @@ def store(tmp_path: Path) -> Path:
     for case_dir in dest.glob("*/*"):
         if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
             shutil.rmtree(case_dir)
+    index.write(tmp_path / "golden")  # the copy is accounted for, as a committed store is
     return tmp_path / "golden"
 
 

@@ -222,8 +222,8 @@ def test_qbc_version_ranges_select_breaks_of_qbc_itself():
 
 def test_the_known_breaks_file_refuses_unknown_keys_and_duplicate_names(tmp_path):
     path = tmp_path / "kb.toml"
-    path.write_text('[[break]]\nname = "a"\nreason = "r"\nraises = "KeyError"\nconsumer = "<2.7"\n')
-    with pytest.raises(ValueError, match=r"known break 'a': unknown keys \['consumer'\]"):
+    path.write_text('[[break]]\nname = "a"\nreason = "r"\nraises = "KeyError"\nconsumrs = "<2.7"\n')
+    with pytest.raises(ValueError, match=r"known break 'a': unknown keys \['consumrs'\]"):
         load_known_breaks(path)
     entry = '[[break]]\nname = "a"\nreason = "r"\nraises = "KeyError"\n'
     path.write_text(entry + entry)

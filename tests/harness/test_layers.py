@@ -6,7 +6,7 @@ Layers, top to bottom (a module may import from its own layer or any layer below
     verify, generate, retention, regen          the runner, the generator, the store's retention
     store, integrity, contents, isolation,      the golden store and the guards around loads,
       manifest, atomic, lock, policy,             downstream runtimes' lowerings
-      results, sandbox, downstream
+      results, sandbox, downstream, index
     formats                                     one writer/reader per format
     subjects                                    adapters, case lookup by subject
     cases, graphsig                             the case catalogue and graph signatures
@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "harness.store",
         "harness.results",
+        "harness.index",
         "harness.integrity",
         "harness.contents",
         "harness.isolation",

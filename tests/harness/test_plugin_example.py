@@ -8,6 +8,7 @@ an edit of the installed library, as a developer's edit of their own code.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,26 +81,30 @@ def test_generate_verify_change_fail_accept_pass(installed: Path, project: Path)
 
     # change: round -> floor moves every weight code down by up to one step
     lib = installed / "minq" / "__init__.py"
-    lib.write_text(lib.read_text().replace("torch.round(w / scale)", "torch.floor(w / scale)"))
+    original = lib.read_text()
+    lib.write_text(original.replace("torch.round(w / scale)", "torch.floor(w / scale)"))
+    try:
+        # fail: today's code no longer reproduces the stored output (the reproduce check); the
+        # stored artifacts still load and give the stored output (the load checks)
+        failed = pytest_(installed, project)
+        assert failed.returncode == 1
+        assert "1 failed, 5 passed" in failed.stdout
+        assert "reproduce check: output differs from the golden beyond policy: subject minq" in (
+            failed.stdout
+        )
 
-    # fail: today's code no longer reproduces the stored output (the reproduce check); the
-    # stored artifacts still load and give the stored output (the load checks)
-    failed = pytest_(installed, project)
-    assert failed.returncode == 1
-    assert "1 failed, 5 passed" in failed.stdout
-    assert "reproduce check: output differs from the golden beyond policy: subject minq" in (
-        failed.stdout
-    )
+        # accept: the syrupy way; the run regenerates once (one xdist worker does, the other waits),
+        # says what changed, then verifies
+        accepted = pytest_(installed, project, "--snapshot-update", "-n", "2")
+        assert accepted.returncode == 0, accepted.stdout
+        assert "qbc: accepted goldens" in accepted.stdout
+        assert "0 added, 1 changed, 0 unchanged goldens; largest drift:" in accepted.stdout
 
-    # accept: the syrupy way; the run regenerates, says what changed, then verifies
-    accepted = pytest_(installed, project, "--snapshot-update")
-    assert accepted.returncode == 0, accepted.stdout
-    assert "qbc: accepted goldens" in accepted.stdout
-    assert "0 added, 1 changed, 0 unchanged goldens; largest drift:" in accepted.stdout
-
-    # pass: the accepted goldens are today's
-    again = pytest_(installed, project)
-    assert again.returncode == 0, again.stdout
+        # pass: the accepted goldens are today's
+        again = pytest_(installed, project)
+        assert again.returncode == 0, again.stdout
+    finally:
+        lib.write_text(original)
 
 
 def test_each_version_of_a_plugin_keeps_its_goldens_side_by_side(
@@ -108,15 +113,23 @@ def test_each_version_of_a_plugin_keeps_its_goldens_side_by_side(
     lib = installed / "minq" / "__init__.py"
     original = lib.read_text()
     try:
-        for version in ("0.1.0", "0.2.0"):
-            lib.write_text(original.replace('__version__ = "0.1.0"', f'__version__ = "{version}"'))
-            made = qbc(installed, project, "generate", "--subject", "minq")
-            assert made.returncode == 0, made.stderr
+        # 0.1.0 accepted from pytest into the empty store (pyproject names the subject), 0.2.0
+        # written by the command line
+        accepted = pytest_(installed, project, "--qbc-update", "-q")
+        assert accepted.returncode == 0, accepted.stdout
+        assert "1 added, 0 changed, 0 unchanged goldens" in accepted.stdout
+        lib.write_text(original.replace('__version__ = "0.1.0"', '__version__ = "0.2.0"'))
+        made = qbc(installed, project, "generate", "--subject", "minq")
+        assert made.returncode == 0, made.stderr
     finally:
         lib.write_text(original)
 
     producers = sorted(p.name for p in (project / "golden" / "minq").iterdir())
     assert [p.rsplit("_", 1)[1] for p in producers] == ["minq-0.1.0", "minq-0.2.0"]
+    newest = json.loads(
+        (project / "golden/minq" / producers[1] / "reference/linear/manifest.json").read_text()
+    )
+    assert newest["producer"]["subject_version"] == "0.2.0"
     # both versions' goldens verify today (the code did not change between the versions)
     both = pytest_(installed, project, "-q")
     assert both.returncode == 0, both.stdout

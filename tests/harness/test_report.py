@@ -164,7 +164,7 @@ class _Page(HTMLParser):
             self.scripts += 1
         if tag == "svg":
             self.svgs += 1
-        if tag == "circle" and a.get("class") == "mark":
+        if tag == "circle" and (a.get("class") or "").split()[:1] == ["mark"]:
             self.marks.append(a)
         if tag == "table" and a.get("id") == "matrix":
             self.in_matrix = True
@@ -211,6 +211,47 @@ def test_drift_marks_are_placed_higher_for_larger_errors(rows):
     cy = {(m["data-case"], m["data-producer"]): float(m["cy"]) for m in page.marks}
     # svg y grows downwards: 2 steps is above 0.5 steps, which is above 0 steps
     assert cy[("torch_ao/linear", OLD)] < cy[("qbc/conv2d", OLD)] < cy[("torch_ao/linear", NEW)]
+
+
+def test_drift_plot_shows_a_failed_check_against_its_limit_on_a_log_scale(rows):
+    # a failure of 9.98 steps where the policy allows 1 (the worst ISA failure measured here):
+    # drawn as a failed mark with its limit, above the passing 2 and 0.5 steps
+    failed = row(f"torch_ao/{OLD}/x86/lstm/expected", "failed", "2.14.1", steps=9.98)
+    failed["drift"]["limit_steps"] = 1.0
+    page = _Page()
+    page.feed(report.drift_svg(report.drift_points([*rows, failed])))
+
+    marks = {(m["data-case"], m["data-producer"], m["data-failed"]): m for m in page.marks}
+    bad = marks[("torch_ao/lstm", OLD, "true")]
+    assert bad["class"] == "mark failed"
+    assert (bad["data-steps"], bad["data-limit"]) == ("9.98", "1")
+    cy = {k[:2]: float(m["cy"]) for k, m in marks.items()}
+    # log scale: equal ratios are equal distances. 9.98/2 and 2/0.5 are 0.698 and 0.602
+    # decades, so the two gaps stand in that ratio (on a linear axis it would be 7.98/1.5)
+    upper = cy[("torch_ao/linear", OLD)] - cy[("torch_ao/lstm", OLD)]
+    lower = cy[("qbc/conv2d", OLD)] - cy[("torch_ao/linear", OLD)]
+    assert upper / lower == pytest.approx(0.698 / 0.602, rel=0.02)
+    assert "class='limit'" in report.drift_svg(report.drift_points([failed]))
+
+
+def test_the_json_report_is_strict_json(rows, empty_store):
+    # a bit-exact check has an infinite SQNR: no `Infinity` literal in the output
+    exact = row(f"qbc/{OLD}/reference/linear/expected", "passed", "2.6.0", steps=0.0)
+    exact["drift"]["min_sqnr_db"] = float("inf")
+    text = report.render("json", [*rows, exact], empty_store)
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+
+def test_every_report_opens_with_the_matrix(rows, empty_store):
+    md = report.render("md", rows, empty_store)
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:3] == [
+        "## Producer × consumer (cells: outcome count over every check)",
+        "## Compatibility matrix (cells: outcome count per golden)",
+        "## What broke and why (grouped by cause)",
+    ]
+    page = report.render("html", rows, empty_store)
+    assert page.index("<h2>") == page.index("<h2>Producer × consumer")
 
 
 def committed_results() -> list[Path]:

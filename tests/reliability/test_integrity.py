@@ -226,3 +226,41 @@ def test_the_committed_store_passes_every_integrity_rule() -> None:
     for g in goldens:
         for fmt in g.formats:
             assert g.path(fmt).is_relative_to(g.producer_dir)
+
+
+def test_a_hard_linked_golden_file_is_refused(store: Path, tmp_path: Path, policy) -> None:
+    # issue 12: a graph.txt hard-linked to another file was read, and echoed in the diff
+    from .reliability_helpers import LINEAR, file_of, run_checks
+
+    graph = file_of(store, LINEAR, "graph")
+    os.link(graph, tmp_path / "elsewhere")
+
+    (outcome,) = run_checks(store, LINEAR, {"graph"}, policy)
+
+    assert outcome.kind == "failed"
+    assert "hard links" in outcome.message
+
+
+def test_a_huge_graph_signature_is_neither_read_nor_echoed(store: Path, policy) -> None:
+    # issue 12: a 20 MB graph.txt gave 21 MB of output and JSON
+    from .reliability_helpers import LINEAR, replace_file, run_checks
+
+    replace_file(store, LINEAR, "graph", b"op: aten.x\n" * (2 << 20))  # 22 MB, re-signed
+
+    (outcome,) = run_checks(store, LINEAR, {"graph"}, policy)
+
+    assert outcome.kind == "failed"
+    assert "graph signature too large" in outcome.message
+    assert len(outcome.message) < 2000
+
+
+def test_a_graph_diff_is_capped(store: Path, policy) -> None:
+    from .reliability_helpers import LINEAR, replace_file, run_checks
+
+    replace_file(store, LINEAR, "graph", b"op: aten.x\n" * 50_000)  # 550 KB, under the limit
+
+    (outcome,) = run_checks(store, LINEAR, {"graph"}, policy)
+
+    assert outcome.kind == "failed"
+    assert "graph signature changed" in outcome.message
+    assert "more lines" in outcome.message and len(outcome.message) < 25_000

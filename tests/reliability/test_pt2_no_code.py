@@ -358,3 +358,52 @@ def test_duplicate_keys_in_the_program_json_are_refused(tmp_path: Path) -> None:
     rewrite(path, edit)
     with pytest.raises(pt2.UnsafeArchive, match="duplicate key 'torch_version'"):
         pt2.load(path)
+
+
+def as_torch_2_8_layout(path: Path, weights: Any = None) -> None:
+    """Rewrite a torch >= 2.9 archive the way torch 2.8 wrote it: the per-tensor payloads and
+    their JSON configs replaced by one ``torch.save`` dict of weights and one of constants
+    (``weights`` replaces the weights dict, e.g. with a payload)."""
+    program = pt2.load(path)
+
+    def edit(e: dict[str, bytes]) -> None:
+        root = _root(e)
+        for name in [
+            n for n in e if n.startswith((f"{root}/data/weights/", f"{root}/data/constants/"))
+        ]:
+            del e[name]
+        e[f"{root}/data/weights/model.pt"] = torch_saved(
+            dict(program.state_dict) if weights is None else weights
+        )
+        e[f"{root}/data/constants/model.pt"] = torch_saved(dict(program.constants))
+
+    rewrite(path, edit)
+
+
+def test_a_torch_2_8_archive_reads_like_torch_reads_it(tmp_path: Path) -> None:
+    """torch 2.8 stored all weights in one pickle; read weights-only, it needs no code."""
+    path = tmp_path / "exported.pt2"
+    shutil.copy2(exported_file(COMMITTED), path)
+    expected = pt2.load(path)
+    as_torch_2_8_layout(path)
+
+    ours = pt2.load(path)
+    theirs = torch.export.load(str(path))
+    assert str(ours.graph) == str(theirs.graph) == str(expected.graph)
+    assert ours.state_dict.keys() == theirs.state_dict.keys() == expected.state_dict.keys()
+    for key, value in expected.state_dict.items():
+        assert torch.equal(ours.state_dict[key], value)
+        assert torch.equal(theirs.state_dict[key], value)
+
+
+def test_a_torch_2_8_archive_with_a_payload_in_its_weights_pickle_is_refused(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "exported.pt2"
+    shutil.copy2(exported_file(COMMITTED), path)
+    as_torch_2_8_layout(path, weights={"w": Payload(marker)})
+
+    with pytest.raises(pt2.UnsafeArchive, match="weights-only unpickler"):
+        pt2.load(path)
+    assert not marker.exists()
