@@ -108,7 +108,7 @@ def collect(store: Path, consumers: tuple[str, ...] = ()) -> list[CheckItem]:
     # golden added, removed or changed without it, or missing from today's catalogue)
     for gid, fmt, message in index.problems(store, catalogue_expectations()):
         ids = dict(zip(("subject", "producer", "engine", "case"), gid.split("/"), strict=True))
-        ghost = Golden(store=Path(store), **ids, manifest={"files": {}}, problem=message)
+        ghost = Golden(store=Path(store), **ids, manifest=None, problem=message)
         items.append(CheckItem(ghost, fmt))
     return items
 
