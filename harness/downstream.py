@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import isa
+
 #: seconds one lowering may take before its child is killed (``QBC_DOWNSTREAM_TIMEOUT``):
 #: a 150-node program takes ~100 s of Inductor compiling on a loaded 2-core machine
 TIMEOUT = float(os.environ.get("QBC_DOWNSTREAM_TIMEOUT", 900))
@@ -255,6 +257,12 @@ def unavailable_reason(name: str) -> str | None:
         )
     if consumer.needs_cxx and _cxx_compiler() is None:
         return f"downstream consumer {name} needs a C++ compiler (g++, clang++ or $CXX)"
+    if consumer.needs_cxx and isa.aten_capped():
+        return (
+            f"downstream consumer {name} compiles kernels for this CPU, which ATen capped below "
+            f"it ({isa.ATEN}={os.environ.get(isa.ATEN)}) cannot run correctly: an emulation "
+            "gap (harness.isa.aten_capped), checked on a real CPU of that class instead"
+        )
     return None
 
 

@@ -156,6 +156,24 @@ def emulation_gap(subject: str, engine: str, fmt: str, cls: str, cpu: str) -> Ga
     return None
 
 
+def aten_capped(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ATen's kernels in a process with ``env`` (default: this one's) dispatch below the
+    level this CPU gives them (ATen's levels: default < avx2 < avx512).
+
+    Code that Inductor generates is compiled for the CPU and linked against ATen's vectorized
+    helpers; with ATen capped below the CPU the two disagree and the compiled kernels compute
+    garbage (measured: torch 2.13.0, ``ATEN_CPU_CAPABILITY=avx2`` on an avx512_vnni CPU, a
+    converted Linear-ReLU-Linear program off by 5e9; exact uncapped and with only the fbgemm or
+    oneDNN cap). A real lower CPU has no such mismatch: it is an emulation gap, not a verdict.
+    """
+    env = os.environ if env is None else env
+    value = env.get(ATEN)
+    if not value or value not in _CAP_CLASS[ATEN]:
+        return False  # unset, or a value ATen ignores
+    cpu = detect().cpu
+    return CAPS[ATEN][lower(cpu, _CAP_CLASS[ATEN][value])] != CAPS[ATEN][cpu]
+
+
 class IsaCapError(RuntimeError):
     """A cap that cannot be honoured (unknown class, unreachable class, torch already started)."""
 

@@ -227,3 +227,14 @@ def test_every_consumer_runs_a_committed_golden_within_policy(consumer: str) -> 
     assert result.ok
     # XNNPACK takes the whole Linear -> Linear program as one delegate
     assert result.judged.delegates == (1 if consumer == "executorch_xnnpack" else None)
+
+
+def test_inductor_consumers_are_skipped_where_aten_is_capped_below_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an emulation gap (harness.isa.aten_capped): Inductor's compiled kernels and a capped ATen
+    # disagree on one CPU, which no real CPU of the capped class does
+    monkeypatch.setattr(downstream.isa, "aten_capped", lambda env=None: True)
+    monkeypatch.setattr(downstream, "_cxx_compiler", lambda: "g++")
+    for name in ("inductor", "inductor_freezing"):
+        assert "emulation gap" in (downstream.unavailable_reason(name) or "")

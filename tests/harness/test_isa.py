@@ -118,3 +118,23 @@ def test_the_run_wide_switch_refuses_to_run_after_torch_started_uncapped() -> No
     assert out.returncode != 0
     assert "honoured after torch started" in out.stderr
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in out.stderr  # how to do it instead
+
+
+@pytest.mark.parametrize(
+    ("cpu", "aten", "capped"),
+    [
+        # ATen's levels are default < avx2 < avx512; every class from avx512 up is its top level
+        ("avx512_vnni", "avx2", True),
+        ("avx512_vnni", "default", True),
+        ("avx512_vnni", "avx512", False),  # the level this CPU gives ATen anyway
+        ("avx512", "avx2", True),
+        ("avx2", "avx2", False),  # a real AVX2 CPU: nothing to emulate
+        ("avx512_vnni", "AVX2", False),  # ATen compares lower-case only: it ignores this value
+        ("avx512_vnni", "", False),
+    ],
+)
+def test_aten_is_capped_only_below_the_level_the_cpu_gives_it(
+    monkeypatch: pytest.MonkeyPatch, cpu: str, aten: str, capped: bool
+) -> None:
+    monkeypatch.setattr(isa, "detect", lambda: isa.Isa(cpu=cpu, cls=cpu))
+    assert isa.aten_capped({isa.ATEN: aten}) is capped

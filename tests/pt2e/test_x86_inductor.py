@@ -8,6 +8,7 @@ import pytest
 import torch
 from pt2e_models import quantize
 
+from harness import isa
 from harness.compat import expected_torch_deprecations
 from harness.quant.pt2e import SymmetricQuantizer, get_x86_inductor_quantization_config
 from harness.quant.pt2e.graph_summary import contains_in_order
@@ -73,6 +74,11 @@ def test_inductor_with_freezing_lowers_the_converted_conv_model_to_onednn_quanti
     # both convs became oneDNN quantized convolutions (the relu fused into the first)
     assert "qconv_pointwise" in kernels or "qconv2d_pointwise" in kernels
     assert "convolution" not in "\n".join(code)
-    # oneDNN requantizes its own way: within one output step of the reference graph
+    # oneDNN requantizes its own way: within one output step of the reference graph. Below
+    # AVX512-VNNI its u8 x s8 convolution adds pairs of products in saturating int16
+    # (vpmaddubsw), as fbgemm's AVX2 kernels do, so a large pair clips: measured 8.006 steps on
+    # this model and input with oneDNN capped to AVX2, hence 10 (the x86 preset does not reduce
+    # the activation range, as torch's X86InductorQuantizer does not either)
     out_scale = [n for n in m.graph.nodes if n.target == Q][-1].args[1]
-    assert (out - expected).abs().max() <= out_scale
+    steps = 1 if isa.rank(isa.machine_class()) >= isa.rank("avx512_vnni") else 10
+    assert (out - expected).abs().max() <= steps * out_scale
