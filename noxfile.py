@@ -7,6 +7,7 @@
     nox -s "tests(torch='2.6.0')" -- tests/quant -x   # extra arguments go to the command
     nox -s lint                              # ruff check + ruff format --check
     nox -s "capped(isa='avx2')"              # tests + verify, every process capped to avx2
+    nox -s downstream                        # nightly: every producer's exported goldens lowered
     nox -R -s "tests(torch='2.13.0')"        # reuse the session's venv, install nothing
 
 Each session has its own virtualenv, managed by nox, so nox's own flags work: ``-r`` reuses a
@@ -42,18 +43,18 @@ PREBUILT = os.environ.get("QBC_VENVS")
 TORCH_BACKEND = "none" if PREBUILT else "uv|virtualenv"
 
 
-def with_torch(session: nox.Session, torch: str) -> str:
-    """Install pinned torch and qbc (with its test extra) for ``session``; return the folder
+def with_torch(session: nox.Session, torch: str, extras: str = "test") -> str:
+    """Install pinned torch and qbc (with ``extras``) for ``session``; return the folder
     of the venv's executables ("" for nox's own venv, whose bin/ is already on PATH)."""
     if not PREBUILT:
-        session.install(f"torch=={torch}", "-e", ".[test]")
+        session.install(f"torch=={torch}", "-e", f".[{extras}]")
         return ""
     bin_dir = Path(PREBUILT) / f"torch-{torch}" / "bin"
     if not (bin_dir / "python").exists():
         session.error(f"QBC_VENVS: no venv at {bin_dir.parent} (create it with torch=={torch})")
     session.run_install(
         str(bin_dir / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-        f"torch=={torch}", "-e", ".[test]", external=True,
+        f"torch=={torch}", "-e", f".[{extras}]", external=True,
     )  # fmt: skip
     return f"{bin_dir}/"
 
@@ -93,6 +94,18 @@ def capped(session: nox.Session, isa: str) -> None:
     external = bool(bin_dir)
     session.run(f"{bin_dir}pytest", "-n", "auto", *session.posargs, env=env, external=external)
     session.run(f"{bin_dir}qbc", "verify", env=env, external=external)
+
+
+@nox.session(venv_backend=TORCH_BACKEND)
+def downstream(session: nox.Session) -> None:
+    """The main job with every producer's exported goldens lowered by every downstream consumer
+    (nightly). CI's `.ci/run` lowers today's producer's only (`--downstream-producers current`):
+    the whole store's lowerings cost minutes, over CI's budget for them (notes/15-budget)."""
+    bin_dir = with_torch(session, DEFAULT_TORCH, extras="test,downstream")
+    session.run(
+        f"{bin_dir}qbc", "verify", "--downstream", "all", "--downstream-producers", "all",
+        *session.posargs, external=bool(bin_dir),
+    )  # fmt: skip
 
 
 @nox.session(venv_backend="uv|virtualenv")

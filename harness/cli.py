@@ -5,6 +5,7 @@
     qbc generate [--subject S] [--case GLOB] [--engine E ...] [--out golden/]
     qbc regen [--store golden/] [--subject S] [--case GLOB] [--engine E] [--check]
     qbc verify [--store golden/] [-k EXPR] [-n N] [--json F] [--policy F] [--known-breaks F]
+               [--downstream all|none|NAMES] [--downstream-producers all|span|current]
     qbc report --format md|html|json|results [--store golden/] [--results F ...] [-o FILE]
     qbc diff GOLDEN_A GOLDEN_B
 
@@ -34,6 +35,7 @@ from typing import Any, TextIO
 
 import harness
 from harness import results as rs
+from harness.scope import SCOPES
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_NOTHING = 0, 1, 2, 5
 
@@ -225,10 +227,12 @@ def run_verify(
     known_breaks: str | None = None,
     subjects: list[str] | None = None,
     downstream: str = "all",
+    downstream_producers: str = "all",
 ) -> tuple[int, str]:
     """Run the pytest runner over ``store`` in process; outcomes land in ``results`` (JSON).
     ``downstream``: the consumers that also check every exported golden (``--qbc-downstream``:
-    comma-separated names, ``all``, or ``none``).
+    comma-separated names, ``all``, or ``none``) of the producers in ``downstream_producers``
+    (a harness.scope name: ``all``, ``span`` or ``current``).
 
     Returns pytest's exit code and what pytest printed (shown only when it could not run).
     """
@@ -272,6 +276,7 @@ def run_verify(
         args += ["--qbc-subject", subject]
     if downstream and downstream != "none":
         args += ["--qbc-downstream", downstream]
+        args += ["--qbc-downstream-producers", downstream_producers]
     out = io.StringIO()
     stdout = sys.stdout
     sys.stdout = out  # pytest's own lines; the matrix and summary below are the output
@@ -363,6 +368,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             known_breaks=args.known_breaks,
             subjects=args.subject,
             downstream=args.downstream,
+            downstream_producers=args.downstream_producers,
         )
         results = rs.read_results(path) if path.exists() else []
     seconds = time.monotonic() - start
@@ -534,6 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated (executorch, executorch_xnnpack, onnxruntime, inductor, "
         "inductor_freezing), 'all' (default) or 'none'; without the downstream extra they "
         "are skipped with the install command",
+    )
+    s.add_argument(
+        "--downstream-producers",
+        choices=SCOPES,
+        default="all",
+        help="whose exported goldens the downstream consumers lower: every producer's (all, the "
+        "default), today's, the oldest and newest past producer's and the newest of each qbc "
+        "version (span), or today's producer's only (current; what CI does: lowering costs "
+        "seconds per golden)",
     )
     s.set_defaults(func=cmd_verify)
 

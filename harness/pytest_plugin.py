@@ -16,12 +16,17 @@ relative to the ini file):
   --qbc-policy PATH         qbc_policy         tolerance policy TOML (default: qbc's own)
   --qbc-known-breaks PATH   qbc_known_breaks   known-breaks TOML (default: qbc's own)
   --qbc-subject NAME        qbc_subjects       only these subjects' goldens (repeatable)
+  --qbc-producers SCOPE     qbc_producers      which producers' goldens: ``all`` (default),
+                            ``span`` (today's, the oldest and newest past producer, the newest
+                            of each code version) or ``current`` (today's): harness.scope
   --qbc-update                                 accept today's goldens before checking (below)
   --qbc-results PATH                           write every check's outcome as JSON
   --qbc-downstream LIST                        also check every exported golden with these
                             downstream consumers (harness.downstream: comma-separated names, or
                             ``all``; default none, lowering costs seconds per golden; ``qbc
                             verify`` runs all)
+  --qbc-downstream-producers SCOPE             which producers' exported goldens the downstream
+                            consumers check (``all``, the default; ``span``; ``current``)
   --qbc-torch-threads N                        torch intra-op threads in a process that runs
                             golden checks (default 1; 0 keeps torch's default). Goldens are
                             tiny: extra threads only add synchronization (bench/README.md).
@@ -51,6 +56,8 @@ from typing import Any
 import pytest
 
 from harness import results as rs
+from harness.scope import DEFAULT as DEFAULT_SCOPE
+from harness.scope import SCOPES
 
 FIXTURE = "qbc_check"
 MARKER = "qbc"
@@ -80,6 +87,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="verify (and accept) only this subject's goldens (repeatable)",
     )
     group.addoption(
+        "--qbc-producers",
+        choices=SCOPES,
+        default=None,
+        help="which producers' goldens to check: all (default), span (today's, the oldest and "
+        "newest past producer, the newest of each code version) or current (today's only)",
+    )
+    group.addoption(
         "--qbc-update",
         action="store_true",
         default=False,
@@ -99,6 +113,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "'all' (default: none)",
     )
     group.addoption(
+        "--qbc-downstream-producers",
+        choices=SCOPES,
+        default=DEFAULT_SCOPE,
+        help="which producers' exported goldens the downstream consumers check (default all)",
+    )
+    group.addoption(
         "--qbc-torch-threads",
         type=int,
         default=1,
@@ -108,6 +128,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("qbc_policy", "tolerance policy TOML (default: qbc's own)", type="paths")
     parser.addini("qbc_known_breaks", "known-breaks TOML (default: qbc's own)", type="paths")
     parser.addini("qbc_subjects", "verify only these subjects' goldens", type="args")
+    parser.addini(
+        "qbc_producers", f"which producers' goldens to check: {', '.join(SCOPES)}", default=""
+    )
 
 
 def _path_setting(config: pytest.Config, name: str) -> Path | None:
@@ -128,6 +151,15 @@ def store_path(config: pytest.Config) -> Path:
 def subjects_in_scope(config: pytest.Config) -> list[str]:
     """The subjects named by ``--qbc-subject`` / ``qbc_subjects``; empty: every subject."""
     return list(config.getoption("--qbc-subject") or config.getini("qbc_subjects") or [])
+
+
+def producers_in_scope(config: pytest.Config) -> str:
+    """The producer scope of the golden checks: ``--qbc-producers``, else ``qbc_producers``,
+    else every producer (harness.scope)."""
+    name = config.getoption("--qbc-producers") or config.getini("qbc_producers") or DEFAULT_SCOPE
+    if name not in SCOPES:
+        raise pytest.UsageError(f"qbc_producers = {name!r}: known scopes are {', '.join(SCOPES)}")
+    return name
 
 
 def _update_requested(config: pytest.Config) -> bool:
@@ -214,7 +246,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     _set_torch_threads(config)
     subjects = set(subjects_in_scope(config))
     params = []
-    for item in collect(store, downstream_consumers(config)):
+    for item in collect(
+        store,
+        downstream_consumers(config),
+        producers=producers_in_scope(config),
+        downstream_producers=config.getoption("--qbc-downstream-producers"),
+    ):
         g = item.golden
         if subjects and g.subject not in subjects:
             continue

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import PRODUCER_ID, REPO, STORE
 
-from harness import cli, index
+from harness import cli, index, scope
 
 QBC = str(Path(sys.executable).parent / "qbc")
 KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
@@ -175,6 +175,38 @@ def test_verify_json_is_strict_json(store: Path, tmp_path: Path) -> None:
         (tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON")
     )
     assert {r["outcome"] for r in rows} == {"passed"} and len(rows) == 12
+
+
+def test_verify_downstream_producers_current_lowers_only_todays_exported_golden(
+    tmp_path: Path,
+) -> None:
+    # pt2e_two_linear written by today's producer and by torch 2.6: both exported goldens are
+    # read by today's torch, only today's gets a downstream check. Which checks run is the
+    # behaviour here, not a lowering (seconds): without isolation they are skipped saying so.
+    today, past = scope.todays_producer("qbc"), "torch-2.6.0_qbc-0.1.0"
+    for producer in (today, past):
+        dest = tmp_path / "golden" / "qbc" / producer
+        shutil.copytree(STORE / "qbc" / producer, dest)
+        for case_dir in dest.glob("*/*"):
+            if case_dir.parent.name != "blobs" and case_dir.name != "pt2e_two_linear":
+                shutil.rmtree(case_dir)
+    index.write(tmp_path / "golden")
+    rows_file = tmp_path / "r.json"
+
+    done = qbc(
+        "verify", "--store", str(tmp_path / "golden"), "-n", "0", "-q", "-k", "exported",
+        "--downstream", "onnxruntime", "--downstream-producers", "current", "--no-isolation",
+        "--json", str(rows_file),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ids = {r["id"] for r in json.loads(rows_file.read_text())}
+    golden = "reference/pt2e_two_linear/exported"
+    assert ids == {
+        f"qbc/{today}/{golden}",
+        f"qbc/{past}/{golden}",
+        f"qbc/{today}/{golden}@onnxruntime",
+    }
 
 
 @pytest.mark.parametrize(

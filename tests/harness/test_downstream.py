@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import downstream, isolation
+from harness import downstream, isolation, scope
 from harness.outcomes import GoldenFailure, GoldenSkip
 from harness.policy import KnownBreak, Policy, Where
 from harness.results import CheckResult
@@ -108,6 +108,15 @@ def test_collect_adds_one_check_per_consumer_to_every_exported_golden() -> None:
     assert len(both) == len(plain) + 2 * len(exported)
     assert {i.fmt for i in extra} == {"exported"}
     assert f"{_golden().id}/exported@onnxruntime" in {i.id for i in extra}
+
+
+def test_downstream_checks_scoped_to_current_lower_only_todays_exported_goldens() -> None:
+    items = collect(STORE, ("onnxruntime",), downstream_producers="current")
+    lowered = {i.golden.producer for i in items if i.consumer}
+    read = {i.golden.producer for i in items if i.fmt == "exported" and not i.consumer}
+
+    assert lowered == {scope.todays_producer("qbc")}
+    assert len(read) > 1  # every producer's exported goldens are still read by today's torch
 
 
 def test_a_downstream_result_keeps_its_id_and_names_its_golden_format() -> None:

@@ -3,7 +3,8 @@
 Layers, top to bottom (a module may import from its own layer or any layer below, never above):
 
     cli, report, diff, pytest_plugin            what users run
-    verify, generate, retention, regen          the runner, the generator, the store's retention
+    verify, generate, retention, regen,         the runner, the generator, the store's retention,
+      scope                                       which producers a run checks
     store, integrity, contents, isolation,      the golden store and the guards around loads,
       manifest, atomic, lock, policy,             downstream runtimes' lowerings
       results, sandbox, downstream, index
@@ -30,7 +31,7 @@ HARNESS = Path(__file__).resolve().parents[2] / "harness"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.cli", "harness.report", "harness.diff", "harness.pytest_plugin"),
-    ("harness.verify", "harness.generate", "harness.retention", "harness.regen"),
+    ("harness.verify", "harness.generate", "harness.retention", "harness.regen", "harness.scope"),
     (
         "harness.store",
         "harness.results",
