@@ -19,9 +19,10 @@ ExecuTorch and ONNX come with the ``downstream`` extra (``pip install torch==<pi
 Inductor needs only torch and a C++ compiler.
 
 Cost. Lowering is seconds per program, so the runner (a) runs each lowering in a forked child of
-a process that imported the consumer and lowered one tiny program of its own first
-(:func:`warm_up`: the lazy set-up of the lowering passes then happens once per process, not once
-per golden, 5.3 -> 1.8 CPU s per XNNPACK lowering), and (b) remembers, per process, the output
+a worker process (harness.isolation's zygote, one per consumer: :func:`worker_environment`) that
+imported the consumer and lowered one tiny program of its own first (:func:`warm_up`: the lazy
+set-up of the lowering passes then happens once per worker, not once per golden, 5.3 -> 1.8 CPU s
+per XNNPACK lowering), and (b) remembers, per process, the output
 of every program it lowered under a content key (graph code, signature, every tensor's bytes,
 the inputs): a golden whose ``.pt2`` loads to the same program as one already lowered (the same
 case written by torch 2.13 and 2.14) is still loaded and keyed in its own child, and judged on
@@ -374,6 +375,28 @@ def warm_up(name: str) -> None:
             get_consumer(name).lower(program, example)
     except Exception:
         pass
+
+
+#: environment variable naming the consumer a worker process lowers for (harness.isolation keys
+#: its zygotes by environment, so each consumer gets zygotes of its own, warmed up for it)
+WARM_VARIABLE = "QBC_DOWNSTREAM_CONSUMER"
+
+
+def worker_environment(name: str) -> dict[str, str]:
+    """The extra environment of the worker processes that lower for consumer ``name``."""
+    return {WARM_VARIABLE: name}
+
+
+def warm_up_named_consumer() -> None:
+    """In a zygote started with :func:`worker_environment`: warm that consumer up before the
+    zygote forks any task child, so each lowering child starts with the runtime imported and
+    its lazy set-up done (a zygote for other work does nothing here)."""
+    name = os.environ.get(WARM_VARIABLE)
+    if name:
+        import torch
+
+        torch.set_num_threads(1)  # no OpenMP pool before the zygote forks
+        warm_up(name)
 
 
 #: per-process memo of lowered outputs, per consumer: content key -> Lowered.record()

@@ -60,6 +60,8 @@ from harness.subjects import check_engine, get_case, get_subject, subject_names
 # Workers (harness.isolation) start with the runner and the case tables imported.
 isolation.warm("harness.verify")
 isolation.warm("harness.subjects:all_cases")
+# ... and a downstream consumer's workers with that consumer warmed up (harness.downstream)
+isolation.warm("harness.downstream:warm_up_named_consumer")
 
 #: name of the single check a golden with an unusable manifest gets
 MANIFEST_CHECK = "manifest"
@@ -756,7 +758,7 @@ def run_downstream(
     outside (check ``delegation``: the failure names the ops left outside).
 
     The lowering runs in a forked child (a crash, abort or hang fails this golden only) of a
-    process that imported and warmed up the consumer once (harness.downstream).
+    worker process that imported and warmed up the consumer once (harness.downstream).
     """
     import torch
 
@@ -773,15 +775,17 @@ def run_downstream(
         )
     inputs = tuple(torch.load(input_path, weights_only=True))
     expected = torch.load(item.golden.path("expected", plan.golden), weights_only=True)
-    downstream.warm_up(consumer.name)
     memo = downstream.MEMO.get(consumer.name, {})
     try:
-        result = isolation.call(
+        # in a zygote of this consumer's own, which warmed it up once (not this process: the
+        # lowering never runs here)
+        result = isolation.run(
             downstream.lower_and_run,
             consumer.name,
             str(path),
             inputs,
             memo,
+            env=downstream.worker_environment(consumer.name),
             timeout=downstream.TIMEOUT,
         )
     except isolation.IsolatedLoadProblem as problem:
