@@ -52,6 +52,13 @@ def lower_100_off(program, inputs):  # type: ignore[no-untyped-def]
     return downstream.Lowered(program.module()(*inputs) + 100.0)
 
 
+def lower_counting_warm_ups(program, inputs):  # type: ignore[no-untyped-def]
+    # the delegate count carries how many consumers this process was warmed up for
+    return downstream.Lowered(
+        program.module()(*inputs), delegates=downstream.warm_up.cache_info().currsize
+    )
+
+
 def lower_leaving_layer_norm_outside(program, inputs):  # type: ignore[no-untyped-def]
     return downstream.Lowered(
         program.module()(*inputs), delegates=2, outside=("aten.native_layer_norm.default",)
@@ -86,8 +93,6 @@ def stand_in(monkeypatch: pytest.MonkeyPatch):
         )
         monkeypatch.setitem(downstream.CONSUMERS, "stand_in", consumer)
         monkeypatch.setitem(downstream.MEMO, "stand_in", {})
-        # a stand-in needs no warm-up (and one that aborts must only ever run in a worker)
-        monkeypatch.setattr(downstream, "warm_up", lambda name: None)
         with contextlib.suppress(TypeError):  # a closure: used in this process only
             name = isolation.task_name(lower)
             stack.enter_context(
@@ -150,6 +155,15 @@ def test_a_consumer_reproducing_the_stored_output_passes(stand_in) -> None:
     name = stand_in(lower_faithfully)
     verdict = run_check(CheckItem(_golden(), "exported", name), POLICY)
     assert verdict is not None and verdict.ok
+
+
+def test_a_lowering_runs_in_a_worker_warmed_up_for_its_consumer(stand_in) -> None:
+    # one warm-up (of this consumer) in the zygote the lowering child was forked from; a worker
+    # for other tasks warms up none
+    name = stand_in(lower_counting_warm_ups)
+    verdict = run_check(CheckItem(_golden(), "exported", name), POLICY)
+    assert verdict is not None and verdict.judged is not None
+    assert verdict.judged.delegates == 1
 
 
 def test_a_consumer_output_beyond_policy_fails_the_downstream_check(stand_in) -> None:
