@@ -100,7 +100,7 @@ def capped(session: nox.Session, isa: str) -> None:
 def downstream(session: nox.Session) -> None:
     """The main job with every producer's exported goldens lowered by every downstream consumer
     (nightly). CI's `.ci/run` lowers today's producer's only (`--downstream-producers current`):
-    the whole store's lowerings cost minutes, over CI's budget for them (notes/15-budget)."""
+    the whole store's lowerings cost minutes, over CI's budget for them (README)."""
     bin_dir = with_torch(session, DEFAULT_TORCH, extras="test,downstream")
     session.run(
         f"{bin_dir}qbc", "verify", "--downstream", "all", "--downstream-producers", "all",
