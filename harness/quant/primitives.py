@@ -15,7 +15,10 @@ so ``|x - x'| <= s / 2`` for every ``x`` inside the representable range
 The multiply by ``1 / s`` (not a divide by ``s``) matches the ``quantized_decomposed`` ops that
 exported graphs use, so eager code and exported programs agree to the bit (tested); like them,
 per-tensor quantize forms ``1 / s`` in double and per-channel in float32, and fake-quant uses
-float32 as torch's fake-quant kernels do.
+float32 as torch's fake-quant kernels do. Values beyond the range saturate at ``quant_min`` /
+``quant_max`` for every dtype, int32 and ``inf`` included, as ``torch.quantize_per_tensor``
+does (torch's ``quantized_decomposed`` op wraps an int32 overflow to INT32_MIN instead: the
+one case where eager and an exported graph differ).
 
 Float zero points (``per_channel_affine_float_qparams``, embedding tables) enter the rounding:
 ``q = clamp(round(x * (1 / s) + z), quant_min, quant_max)``, ``z = -min / s``.
@@ -403,7 +406,9 @@ def _quantize(
         # float qparams: the zero point takes part in the rounding, round(x / s + z)
         q = torch.round(x * inv_scale + zero_point.to(torch.float32))
     else:
-        q = torch.round(x * inv_scale) + zero_point.to(torch.float32)
+        # + z and the clamp in double: float32 rounds the int32 bound 2**31 - 1 up to 2**31,
+        # which the cast then wraps to INT32_MIN; every code below 2**24 is the same either way
+        q = torch.round(x * inv_scale).to(torch.float64) + zero_point.to(torch.float64)
     return torch.clamp(q, quant_min, quant_max).to(dtype)
 
 

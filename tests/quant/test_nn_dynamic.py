@@ -209,32 +209,66 @@ def test_lstm_shapes_match_torch_and_values_approximate_it(kw):
 
 @pytest.mark.parametrize("engine", native_params(["fbgemm", "x86", "onednn"]))
 def test_lstm_native_engine_close_to_reference(engine):
-    # Same weights, same per-step activation qparams (reduce_range), same integer GEMMs: only
-    # the float epilogue rounds differently.
+    # Same weights, same activation qparams (reduce_range by default), same integer GEMMs:
+    # only the float epilogue rounds differently.
     _, m = make_lstm(num_layers=2)
-    m.cells[0].ih.reduce_range = m.cells[0].hh.reduce_range = True
-    m.cells[1].ih.reduce_range = m.cells[1].hh.reduce_range = True
+    assert all(cell.ih.reduce_range and cell.hh.reduce_range for cell in m.cells)
     x = torch.randn(3, 2, 6)
     assert torch.allclose(run(m, engine, x)[0], run(m, "reference", x)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("engine", native_params(["fbgemm"]))
-def test_lstm_approximates_torch_ao_dynamic_lstm(engine):
-    # torch.ao's dynamic LSTM (same seeded float LSTM, torch.ao's default dynamic qconfig) is
-    # not bit-comparable: its fused quantized_lstm quantizes activations its own way (measured
-    # max |diff| ~0.004 on torch 2.13). A wrong gate order or bias would be off by ~0.1+.
-    f, _ = make_lstm()
+def _growing_sequence(batch_first=False):
+    # the repro input: step t is scaled by t + 1, so per-step qparams and one set of
+    # qparams for the whole sequence quantize the early steps very differently
+    x = torch.randn(5, 2, 3) * torch.arange(1, 6).reshape(5, 1, 1)
+    return x.transpose(0, 1).contiguous() if batch_first else x
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"num_layers": 2, "bidirectional": True}, {"batch_first": True}]
+)
+@pytest.mark.parametrize("engine", native_params(E.NATIVE_ENGINES))
+def test_lstm_equals_torch_ao_dynamic_lstm_bit_for_bit_on_every_native_engine(engine, kw):
+    # torch's CPU quantized LSTM projects a layer's whole input sequence with one set of
+    # run-time qparams and always reduces the activation range (ignored by qnnpack); qbc's
+    # defaults do the same, so output, h_n and c_n are torch.ao's exactly.
+    torch.manual_seed(0)
+    f = torch.nn.LSTM(3, 4, **kw)
+    x = _growing_sequence(kw.get("batch_first", False))
     with E.native_backend(engine), compat.expected_torch_deprecations():
         import torch.ao.nn.quantized.dynamic as nnqd
         from torch.ao.quantization import default_dynamic_qconfig as ao_qconfig
 
         f.qconfig = ao_qconfig
-        ao = nnqd.LSTM.from_float(f)
-        x = torch.randn(3, 2, 6)
-        expected = ao(x)[0]
+        out_ao, (h_ao, c_ao) = nnqd.LSTM.from_float(f)(x)
     f.qconfig = default_dynamic_qconfig
-    m = qnn.LSTM.from_float(f, reduce_range=True)
-    assert (run(m, engine, x)[0] - expected).abs().max() < 0.02
+    out, (h, c) = run(qnn.LSTM.from_float(f), engine, x)
+    assert torch.equal(out, out_ao) and torch.equal(h, h_ao) and torch.equal(c, c_ao)
+
+
+def test_lstm_projects_the_whole_input_sequence_with_one_set_of_qparams():
+    # ih of every step equals ih applied to the flattened sequence (one activation scale),
+    # not to each step alone; the growing input makes the two differ by ~0.01
+    _, m = make_lstm()
+    x = torch.randn(4, 2, 6) * torch.arange(1, 5).reshape(4, 1, 1)
+    ih = m.cells[0].ih
+    whole = run(ih, "reference", x.reshape(8, 6)).reshape(4, 2, -1)
+    per_step = torch.stack([run(ih, "reference", x[t]) for t in range(4)])
+    assert not torch.equal(whole, per_step)
+    # h_1 from the whole-sequence projection of step 0 and the recurrent projection of h_0 = 0
+    gates = whole[0] + run(m.cells[0].hh, "reference", torch.zeros(2, 5))
+    # c_0 = 0, so the forget gate drops out: c_1 = sigmoid(i) * tanh(g)
+    i, _, g, o = gates.chunk(4, 1)
+    h1 = torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))
+    assert torch.equal(run(m, "reference", x)[0][0], h1)
+
+
+def test_lstm_from_float_reduces_the_activation_range_by_default_like_torch_ao():
+    _, m = make_lstm()
+    assert all(cell.ih.reduce_range and cell.hh.reduce_range for cell in m.cells)
+    assert qnn.LSTM(6, 5).cells[0].ih.reduce_range  # a fresh module loads the same state
+    f, _ = make_lstm()
+    assert not qnn.LSTM.from_float(f, reduce_range=False).cells[0].ih.reduce_range
 
 
 def test_lstm_script_and_trace_round_trip():

@@ -66,6 +66,29 @@ def test_quantize_saturates_at_quant_min_and_quant_max(case):
     assert P.quantize(above, scale, zp, dtype, lo, hi).tolist() == [hi, hi]
 
 
+# beyond the int32 range both ways, then two values inside it that float32 holds exactly
+INT32_EDGES = [3e9, float("inf"), -3e9, float("-inf"), 1e6, -1048576.0]
+
+
+@requires_torch_ao
+@pytest.mark.parametrize("zero_point", [0, 5, -5])
+def test_int32_quantize_saturates_like_torch_quantize_per_tensor(zero_point):
+    # float32 cannot hold INT32_MAX: a float32 clamp to it gives 2**31, which the cast wraps to
+    # INT32_MIN; out-of-range values must saturate at the exact bounds
+    x = torch.tensor(INT32_EDGES)
+    with expected_torch_deprecations():
+        expected = torch.quantize_per_tensor(x, 1.0, zero_point, torch.qint32).int_repr()
+    q = P.quantize(x, 1.0, zero_point, torch.int32)
+    assert q.tolist() == expected.tolist()
+    assert q.tolist()[:4] == [2**31 - 1, 2**31 - 1, -(2**31), -(2**31)]
+
+
+def test_int32_per_channel_quantize_saturates_at_the_int32_bounds():
+    x = torch.tensor([INT32_EDGES, INT32_EDGES])
+    q = P.quantize(x, torch.tensor([1.0, 0.5]), torch.tensor([0, 0]), torch.int32, axis=0)
+    assert q[:, :4].tolist() == [[2**31 - 1, 2**31 - 1, -(2**31), -(2**31)]] * 2
+
+
 def test_quantize_rounds_half_to_even():
     # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0 with scale 1 and zero point 0
     q = P.quantize(torch.tensor([0.5, 1.5, 2.5, -0.5]), 1.0, 0, torch.int8)

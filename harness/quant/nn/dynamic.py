@@ -110,7 +110,10 @@ class Linear(QuantizedModule):
         """Quantize a float ``nn.Linear`` carrying a dynamic ``.qconfig``.
 
         ``reduce_range`` defaults to the qconfig activation observer's ``reduce_range``
-        (False when it has none); pass True to match torch.ao's fbgemm/x86 dynamic Linear.
+        (False when it has none, the most accurate choice for the integer engines); pass True
+        to match torch.ao's dynamic Linear, which always reduces on fbgemm / x86 / onednn.
+        (:class:`LSTM` defaults to True: its numbers changed anyway to follow torch.ao's
+        whole-sequence input projection in qbc 0.2.0, this Linear's did not.)
         """
         if not isinstance(mod, nn.Linear):
             raise ValueError(f"float_module: expected nn.Linear, got {type(mod).__name__}")
@@ -236,7 +239,9 @@ class Linear(QuantizedModule):
             )
             if self.fp16:
                 return torch.ops.quantized.linear_dynamic_fp16(x2, packed)
-            return torch.ops.quantized.linear_dynamic(x2, packed, self.reduce_range)
+            # qnnpack has no reduced range: torch computes over [0, 255] and warns if asked
+            reduce_range = self.reduce_range and engine != "qnnpack"
+            return torch.ops.quantized.linear_dynamic(x2, packed, reduce_range)
 
     def extra_repr(self) -> str:
         return (
@@ -249,14 +254,24 @@ class Linear(QuantizedModule):
 class LSTM(QuantizedModule):
     """Dynamic quantized LSTM (PyTorch's LSTM equations, gate order i, f, g, o)::
 
-        gates = ih(x_t) + hh(h_{t-1})          ih, hh: dynamic Linear (bias_ih, bias_hh inside)
+        X_w = ih(X)                             the whole sequence X [T, B, in] at once
+        gates_t = X_w[t] + hh(h_{t-1})          ih, hh: dynamic Linear (bias_ih, bias_hh inside)
         c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),   h_t = sigmoid(o) * tanh(c_t)
 
-    Each ``x_t`` and ``h_{t-1}`` is quantized with its own run-time qparams, step by step, as
-    torch.ao's dynamic LSTM does. ``forward(input, hx=None) -> (output, (h_n, c_n))`` with
-    batched input ``[T, B, in]`` (``[B, T, in]`` if ``batch_first``). Dropout is not applied
-    (inference only). State dict: ``cells.{k}.ih.*`` and ``cells.{k}.hh.*`` with
-    ``k = layer * num_directions + direction``, each a dynamic :class:`Linear`'s buffers.
+    As torch's CPU quantized LSTM (``torch.ao.nn.quantized.dynamic.LSTM``): the input
+    projection of a layer quantizes the whole sequence with one set of run-time qparams (both
+    directions of a bidirectional layer see the same input, hence the same qparams), the
+    recurrent projection quantizes each ``h_{t-1}`` with its own. Activations use
+    ``reduce_range`` (uint8 ``[0, 127]``) by default, as torch.ao's module always does on
+    fbgemm / x86 / onednn; qnnpack has no reduced range (torch ignores the flag there, and so
+    does the native qnnpack path here). With these defaults every native engine gives torch.ao's
+    outputs bit for bit (tested).
+
+    ``forward(input, hx=None) -> (output, (h_n, c_n))`` with batched input ``[T, B, in]``
+    (``[B, T, in]`` if ``batch_first``). Dropout is not applied (inference only). State dict:
+    ``cells.{k}.ih.*`` and ``cells.{k}.hh.*`` with ``k = layer * num_directions + direction``,
+    each a dynamic :class:`Linear`'s buffers (``reduce_range`` is a constructor argument, not
+    state).
     """
 
     def __init__(
@@ -269,7 +284,7 @@ class LSTM(QuantizedModule):
         dropout: float = 0.0,
         bidirectional: bool = False,
         weight_dtype: torch.dtype = torch.int8,
-        reduce_range: bool = False,
+        reduce_range: bool = True,
         engine: str = "",
     ) -> None:
         super().__init__(engine)
@@ -300,7 +315,11 @@ class LSTM(QuantizedModule):
         cls, mod: nn.Module, use_precomputed_fake_quant: bool = False, reduce_range: Any = None
     ) -> "LSTM":
         """Quantize a float ``nn.LSTM`` carrying a dynamic ``.qconfig`` (one weight observer
-        per weight matrix)."""
+        per weight matrix).
+
+        ``reduce_range`` defaults to the qconfig activation observer's ``reduce_range`` when it
+        has one, else True: torch.ao's dynamic LSTM ignores the qconfig and always reduces.
+        """
         if not isinstance(mod, nn.LSTM):
             raise ValueError(f"float_module: expected nn.LSTM, got {type(mod).__name__}")
         if mod.proj_size:
@@ -309,7 +328,7 @@ class LSTM(QuantizedModule):
         if qconfig is None:
             raise ValueError("float_module: has no .qconfig (set one before from_float)")
         if reduce_range is None:
-            reduce_range = bool(getattr(qconfig.activation(), "reduce_range", False))
+            reduce_range = bool(getattr(qconfig.activation(), "reduce_range", True))
         fp16 = getattr(qconfig.weight(), "dtype", None) == torch.float16
         m = cls(
             mod.input_size,
@@ -367,10 +386,13 @@ class LSTM(QuantizedModule):
             d = k % self.num_directions
             h = h0[k]
             c = c0[k]
+            # the whole sequence through the input projection at once (one set of qparams)
+            projected = cell.ih.compute(engine, layer_input.reshape(seq_len * batch, -1))
+            projected = projected.reshape(seq_len, batch, -1)
             outs: list[torch.Tensor] = []
             for step in range(seq_len):
                 t = seq_len - 1 - step if d == 1 else step
-                gates = cell.ih.compute(engine, layer_input[t]) + cell.hh.compute(engine, h)
+                gates = projected[t] + cell.hh.compute(engine, h)
                 i, f, g, o = gates.chunk(4, 1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
