@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from pt2e_models import (
+    ConvBnReluPoolLinear,
     ConvWithBNRelu,
     LinearModel,
     export,
@@ -330,6 +331,32 @@ def test_pooling_shares_its_input_observer():
 def _q_scales(m):
     """Scale of every activation quantize, in graph order."""
     return [n.args[1] for n in m.graph.nodes if n.target == Q and n.args[0].op != "get_attr"]
+
+
+@pytest.mark.parametrize("pool", [torch.nn.AvgPool2d(2), torch.nn.AdaptiveAvgPool2d(4)])
+def test_average_pooling_stays_float_and_its_consumer_quantizes_the_narrower_range(pool):
+    inputs = (torch.randn(8, 3, 8, 8),)
+    m = quantize(ConvBnReluPoolLinear(pool).eval(), symmetric(), inputs)
+    # dq -> pool -> flatten -> q -> dq -> linear: the pooled values get their own observer
+    assert contains_in_order(
+        m, [aten.relu.default, Q, DQ, pool_op(pool), aten.flatten.using_ints, Q, DQ, LINEAR]
+    )
+    # 4 activation quantizes: input, relu output, linear input, linear output; in particular
+    # no second quantize with the relu's qparams after the pool, none after the flatten
+    relu_scale, linear_in_scale = _q_scales(m)[1:3]
+    assert len(_q_scales(m)) == 4
+    # an average of 2x2 non-negative values spans less than they do: a finer grid
+    assert linear_in_scale < relu_scale
+
+
+def pool_op(pool):
+    return {
+        torch.nn.AvgPool2d: aten.avg_pool2d.default,
+        torch.nn.AdaptiveAvgPool2d: aten.adaptive_avg_pool2d.default,
+    }[type(pool)]
+
+
+LINEAR = aten.linear.default
 
 
 def test_convert_without_calibration_warns_naming_the_uncalibrated_observers():
