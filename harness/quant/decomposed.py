@@ -54,7 +54,9 @@ def _quantize(input, scale, zero_point, quant_min, quant_max, dtype):
     # A float scale stays float64 until the kernel takes 1/s, as torch's op does; float8 dtypes
     # go through the same round-and-clamp as integers there, so ours must too.
     s = torch.as_tensor(scale, dtype=torch.float64)
-    q = P._quantize(input, s, torch.as_tensor(zero_point), quant_min, quant_max, torch.float32)
+    q = P.quantize_kernel(
+        input, s, torch.as_tensor(zero_point), quant_min, quant_max, torch.float32
+    )
     return q.to(dtype)
 
 
@@ -74,7 +76,7 @@ def _quantize_per_channel(input, scales, zero_points, axis, quant_min, quant_max
         q = torch.round(x * (1.0 / scales)) + zero_points.to(torch.float64)
         q = torch.clamp(q, quant_min, quant_max).to(dtype)
         return torch.movedim(q, -1, axis)
-    return P._quantize(input, scales, zero_points, quant_min, quant_max, dtype, axis)
+    return P.quantize_kernel(input, scales, zero_points, quant_min, quant_max, dtype, axis)
 
 
 def _dequantize_per_channel(
@@ -95,7 +97,7 @@ def _choose(input, quant_min, quant_max, eps, dtype, qscheme):
     the results as float64 scale / int64 zero point, shape ``[1]``."""
     lo, hi = torch.aminmax(input.detach())
     dtype = P.as_plain_dtype(dtype)
-    scale, zero_point = P._choose_qparams(
+    scale, zero_point = P.choose_qparams_kernel(
         lo,
         hi,
         quant_min,

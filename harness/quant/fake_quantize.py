@@ -24,7 +24,7 @@ from harness.quant.observers import (
     FixedQParamsObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
-    _with_args,
+    with_args,
 )
 
 __all__ = [
@@ -67,7 +67,7 @@ class FakeQuantizeBase(nn.Module):
     def disable_observer(self) -> None:
         self.enable_observer(False)
 
-    with_args = classmethod(_with_args)
+    with_args = classmethod(with_args)
 
 
 class FakeQuantize(FakeQuantizeBase):
@@ -140,10 +140,10 @@ class FakeQuantize(FakeQuantizeBase):
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_per_channel:
-            return P._fake_quantize(
+            return P.fake_quantize_kernel(
                 x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis
             )
-        return P._fake_quantize(
+        return P.fake_quantize_kernel(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max, None
         )
 

@@ -77,7 +77,9 @@ class _PartialWrapper:
         return hash((self.p.func, tuple(sorted(self.p.keywords))))
 
 
-def _with_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
+def with_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
+    """A constructor of ``cls_or_self`` with ``kwargs`` bound: ``Cls.with_args(a=1)()`` builds
+    ``Cls(a=1)``; observers and fake-quants share it as their ``with_args`` classmethod."""
     return _PartialWrapper(functools.partial(cls_or_self, **kwargs))
 
 
@@ -97,7 +99,7 @@ class ObserverBase(nn.Module):
         self.dtype = _observer_dtype(dtype)
         self.is_dynamic = is_dynamic
 
-    with_args = classmethod(_with_args)
+    with_args = classmethod(with_args)
 
 
 class UniformQuantizationObserverBase(ObserverBase):
@@ -179,7 +181,7 @@ class UniformQuantizationObserverBase(ObserverBase):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Qparams for ``[min_val, max_val]`` with this observer's settings (see
         :func:`primitives.choose_qparams` for the math)."""
-        return P._choose_qparams(
+        return P.choose_qparams_kernel(
             min_val,
             max_val,
             self.quant_min,

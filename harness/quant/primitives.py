@@ -28,11 +28,49 @@ Float zero points (``per_channel_affine_float_qparams``, embedding tables) enter
 
 Float8 quantization is scale-only: ``q = clamp(x / s, -fmax, fmax).to(float8)``.
 
-The ``_*`` kernels are TorchScript- and export-friendly and do no data-dependent validation; the
-public functions validate their arguments first and raise ``ValueError`` naming the argument.
+Two layers. The *public API* (``quantize``, ``dequantize``, ``fake_quantize``,
+``choose_qparams``, ...) validates its arguments first and raises ``ValueError`` naming the
+argument. The *kernel layer* (``quantize_kernel``, ``dequantize_kernel``,
+``fake_quantize_kernel``, ``choose_qparams_kernel``) is what the rest of :mod:`harness.quant`
+computes with: unchecked, TorchScript- and export-friendly (no data-dependent validation), and
+part of scripted goldens' code, so its names and signatures are stable API.
 """
 
 import torch
+
+__all__ = [
+    "DEFAULT_EPS",
+    "FLOAT8_DTYPES",
+    "INTEGER_DTYPES",
+    "PER_CHANNEL_SCHEMES",
+    "PER_TENSOR_SCHEMES",
+    "QPARAMS_AFFINE",
+    "QPARAMS_FLOAT",
+    "QPARAMS_SYMMETRIC",
+    "SUB_BYTE_DTYPES",
+    "SUPPORTED_DTYPES",
+    "SYMMETRIC_SCHEMES",
+    "as_plain_dtype",
+    "check_qparams",
+    "choose_qparams",
+    "choose_qparams_kernel",
+    "choose_qparams_per_group",
+    "dequantize",
+    "dequantize_float8",
+    "dequantize_kernel",
+    "dequantize_per_group",
+    "dtype_bounds",
+    "fake_quantize",
+    "fake_quantize_kernel",
+    "qparams_mode",
+    "quant_range",
+    "quantize",
+    "quantize_float8",
+    "quantize_kernel",
+    "quantize_per_group",
+    "storage_dtype",
+    "symmetric_zero_point",
+]
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.uint16, torch.int16, torch.int32)
 # 4-bit codes (embedding weight-only) are described by torch.uint4 / torch.int4 but stored in
@@ -235,7 +273,7 @@ def _range_over_steps(lo: torch.Tensor, hi: torch.Tensor, steps: int) -> torch.T
     return scale
 
 
-def _choose_qparams(
+def choose_qparams_kernel(
     min_val: torch.Tensor,
     max_val: torch.Tensor,
     quant_min: int,
@@ -323,7 +361,7 @@ def choose_qparams(
         min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf"))
     ):
         raise ValueError("min_val: greater than max_val")
-    return _choose_qparams(
+    return choose_qparams_kernel(
         min_val,
         max_val,
         qmin,
@@ -373,7 +411,7 @@ def choose_qparams_per_group(
 
 
 # --------------------------------------------------------------------------------------------
-# kernels (no validation; TorchScript / export friendly)
+# kernel layer (no validation; TorchScript / export friendly; stable names, see module doc)
 # --------------------------------------------------------------------------------------------
 
 
@@ -383,7 +421,7 @@ def _channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def _quantize(
+def quantize_kernel(
     x: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
@@ -412,7 +450,7 @@ def _quantize(
     return torch.clamp(q, quant_min, quant_max).to(dtype)
 
 
-def _dequantize(
+def dequantize_kernel(
     q: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
@@ -425,7 +463,7 @@ def _dequantize(
     return (q.to(torch.float32) - zero_point.to(torch.float32)) * scale.to(torch.float32)
 
 
-def _fake_quantize(
+def fake_quantize_kernel(
     x: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
@@ -497,7 +535,7 @@ def quantize(
     check_qparams(scale, zero_point, qmin, qmax, axis, x)
     if not isinstance(scale, torch.Tensor):
         scale = torch.tensor(scale, dtype=torch.float64)  # a Python float is a double
-    return _quantize(
+    return quantize_kernel(
         x,
         scale,
         torch.as_tensor(zero_point),
@@ -523,7 +561,7 @@ def dequantize(
         )
     lo, hi = dtype_bounds(q.dtype)
     check_qparams(scale, zero_point, lo, hi, axis, q)
-    return _dequantize(q, torch.as_tensor(scale), torch.as_tensor(zero_point), axis)
+    return dequantize_kernel(q, torch.as_tensor(scale), torch.as_tensor(zero_point), axis)
 
 
 def fake_quantize(
@@ -537,7 +575,7 @@ def fake_quantize(
     """``dequantize(quantize(x))`` in float, with a straight-through gradient inside the range."""
     _check_float_input(x)
     check_qparams(scale, zero_point, quant_min, quant_max, axis, x)
-    return _fake_quantize(
+    return fake_quantize_kernel(
         x, torch.as_tensor(scale), torch.as_tensor(zero_point), quant_min, quant_max, axis
     )
 
@@ -584,7 +622,7 @@ def quantize_per_group(
     qmin, qmax = quant_range(dtype, quant_min, quant_max)
     groups = x.reshape(-1, group_size)
     check_qparams(scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, 0, groups)
-    q = _quantize(groups, scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, dtype, 0)
+    q = quantize_kernel(groups, scale.reshape(-1), zero_point.reshape(-1), qmin, qmax, dtype, 0)
     return q.reshape(x.shape)
 
 
@@ -594,4 +632,4 @@ def dequantize_per_group(
     """Inverse of :func:`quantize_per_group`."""
     _check_group_size(q, group_size)
     groups = q.reshape(-1, group_size)
-    return _dequantize(groups, scale.reshape(-1), zero_point.reshape(-1), 0).reshape(q.shape)
+    return dequantize_kernel(groups, scale.reshape(-1), zero_point.reshape(-1), 0).reshape(q.shape)

@@ -215,33 +215,9 @@ def borrowed_private_names() -> set[str]:
     }
 
 
-# Private names harness.quant still shares between its own modules (its kernel layer is an
-# internal API in practice). A ratchet: the list may only shrink, and an entry that no longer
-# happens must be deleted (test below), so a fix cannot be undone silently.
-PENDING_PRIVATE_USES = {
-    "harness.quant.decomposed uses harness.quant.primitives._choose_qparams",
-    "harness.quant.decomposed uses harness.quant.primitives._quantize",
-    "harness.quant.fake_quantize uses harness.quant.observers._with_args",
-    "harness.quant.fake_quantize uses harness.quant.primitives._fake_quantize",
-    "harness.quant.nn.conv uses harness.quant.nn.linear._output_observer",
-    "harness.quant.nn.conv uses harness.quant.nn.linear._qconfig_of",
-    "harness.quant.nn.dynamic uses harness.quant.primitives._quantize",
-    "harness.quant.nn.stubs uses harness.quant.primitives._dequantize",
-    "harness.quant.nn.stubs uses harness.quant.primitives._quantize",
-    "harness.quant.observers uses harness.quant.primitives._choose_qparams",
-}
-
-
 def test_no_module_uses_another_modules_private_name() -> None:
-    new = borrowed_private_names() - PENDING_PRIVATE_USES
-    assert not new, "\n".join(sorted(new))
-
-
-def test_the_pending_private_uses_still_happen() -> None:
-    fixed = PENDING_PRIVATE_USES - borrowed_private_names()
-    assert not fixed, "no longer happens; delete from PENDING_PRIVATE_USES:\n" + "\n".join(
-        sorted(fixed)
-    )
+    borrowed = borrowed_private_names()
+    assert not borrowed, "\n".join(sorted(borrowed))
 
 
 def test_the_checker_sees_a_function_level_climb() -> None:

@@ -77,10 +77,10 @@ def test_converted_linear_computes_dequantized_integer_arithmetic(quantized_line
 
     def fq(t, node):
         _, s, z, lo, hi, _ = node.args
-        return P._fake_quantize(t, torch.tensor(s), torch.tensor(z), lo, hi)
+        return P.fake_quantize_kernel(t, torch.tensor(s), torch.tensor(z), lo, hi)
 
     w_int = getattr(m, w_dq.args[0].target)
-    w = P._dequantize(w_int, torch.tensor(w_dq.args[1]), torch.tensor(w_dq.args[2]))
+    w = P.dequantize_kernel(w_int, torch.tensor(w_dq.args[1]), torch.tensor(w_dq.args[2]))
     expected = fq(torch.nn.functional.linear(fq(x, q_in), w, model.linear.bias), q_out)
     torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
 

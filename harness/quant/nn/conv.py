@@ -24,8 +24,8 @@ from harness.quant import primitives as P
 from harness.quant.nn._base import in_graph_capture, native_guard
 from harness.quant.nn.linear import (
     StaticWeightModule,
-    _output_observer,
-    _qconfig_of,
+    output_observer,
+    qconfig_of,
     unwrap_fused,
 )
 
@@ -88,8 +88,8 @@ class _ConvNd(StaticWeightModule):
         """Quantize a float conv (for ConvReLU: a fused ``(ConvNd, ReLU)``) that carries
         ``.qconfig`` and a calibrated ``.activation_post_process``."""
         inner = unwrap_fused(mod, cls._FLOAT_MODULE, cls._relu)
-        qconfig = _qconfig_of(mod, inner)
-        app = _output_observer(mod)
+        qconfig = qconfig_of(mod, inner)
+        app = output_observer(mod)
         if isinstance(inner.padding, str):
             raise ValueError(f"float_module: padding={inner.padding!r} is not supported")
         m = cls(

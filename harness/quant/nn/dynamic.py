@@ -56,7 +56,7 @@ def dynamic_linear(
 ) -> torch.Tensor:
     """``y = x @ W^T + b`` for int8 ``weight`` with activation quantized at run time (2-D x)."""
     s_x, z_x, qmin, qmax = dynamic_qparams(x, reduce_range)
-    q_x = P._quantize(x, s_x, z_x, qmin, qmax, torch.uint8, None)
+    q_x = P.quantize_kernel(x, s_x, z_x, qmin, qmax, torch.uint8, None)
     acc = E.matmul_acc(engine, q_x, z_x, weight, w_zp)
     return E.dequantize_acc(acc, bias, s_x, w_scale, 1)
 
@@ -191,7 +191,7 @@ class Linear(QuantizedModule):
         names = ("weight", "weight_zero_point")
         weight = self._int_mm_prepared(names, lambda: IM.prepare(self.weight, w_zp))
         s_x, z_x, qmin, qmax = dynamic_qparams(x2, self.reduce_range)
-        q_x = P._quantize(x2, s_x, z_x, qmin, qmax, torch.uint8, None)
+        q_x = P.quantize_kernel(x2, s_x, z_x, qmin, qmax, torch.uint8, None)
         zx = int(z_x)
         a, c, d = IM.shift(q_x, zx)
         corr = self._int_mm_terms((zx,), names, lambda: IM.correction(weight, c, d))

@@ -34,14 +34,16 @@ from harness.quant.nn._base import (
 ACTIVATION_DTYPES = (torch.uint8, torch.int8)
 
 
-def _qconfig_of(mod: nn.Module, inner: nn.Module) -> Any:
+def qconfig_of(mod: nn.Module, inner: nn.Module) -> Any:
+    """The ``.qconfig`` of a float module or of the Linear/Conv inside its fused wrapper."""
     qconfig = getattr(mod, "qconfig", None) or getattr(inner, "qconfig", None)
     if qconfig is None:
         raise ValueError("float_module: has no .qconfig (set one before from_float)")
     return qconfig
 
 
-def _output_observer(mod: nn.Module) -> nn.Module:
+def output_observer(mod: nn.Module) -> nn.Module:
+    """The calibrated output observer (``activation_post_process``) of a float module."""
     obs = getattr(mod, "activation_post_process", None)
     if obs is None:
         raise ValueError(
@@ -189,8 +191,8 @@ class Linear(StaticWeightModule):
         """Quantize a float ``nn.Linear`` (for LinearReLU: a fused ``(Linear, ReLU)``) that
         carries ``.qconfig`` and a calibrated ``.activation_post_process``."""
         inner = unwrap_fused(mod, cls._FLOAT_MODULE, cls._relu)
-        qconfig = _qconfig_of(mod, inner)
-        app = _output_observer(mod)
+        qconfig = qconfig_of(mod, inner)
+        app = output_observer(mod)
         m = cls(
             inner.in_features,
             inner.out_features,

@@ -41,7 +41,7 @@ class Quantize(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not torch.jit.is_scripting() and not x.is_floating_point():
             raise ValueError(f"x: expected a floating-point tensor, got {x.dtype}")
-        q = P._quantize(
+        q = P.quantize_kernel(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.dtype, None
         )
         return q, self.scale.clone(), self.zero_point.clone()
@@ -61,4 +61,4 @@ class DeQuantize(nn.Module):
                 raise ValueError(f"q: expected integer codes, got {q.dtype}")
             scale = as_scale(scale, "scale")
             zero_point = as_zero_point(zero_point, q.dtype, "zero_point")
-        return P._dequantize(q, scale, zero_point, None)
+        return P.dequantize_kernel(q, scale, zero_point, None)
