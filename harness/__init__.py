@@ -13,6 +13,6 @@ that, in this process and in every child (xdist workers, harness.isolation's wor
 
 from harness import isa as _isa
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _isa.apply_run_cap()
