@@ -5,6 +5,8 @@ comparison (more seeds and pooling variants) is ``bench/pt2e_vs_torchao.py``.
 """
 
 import copy
+import functools
+import importlib.util
 import warnings
 
 import pytest
@@ -18,27 +20,25 @@ Q = torch.ops.quantized_decomposed.quantize_per_tensor.default
 DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
-def _torchao():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchao.quantization.pt2e as pt2e
-            from torchao.quantization.pt2e import quantize_pt2e
-            from torchao.testing.pt2e import _xnnpack_quantizer as xnnpack
-    except ImportError:
-        return None
-    return pt2e, quantize_pt2e, xnnpack
-
-
-TORCHAO = _torchao()
+# Imported when a test runs, not at collection: torchao registers pytree nodes and ops on import.
 pytestmark = pytest.mark.skipif(
-    TORCHAO is None,
+    importlib.util.find_spec("torchao") is None,
     reason="torchao is not installed: pip install 'torchao==0.18.*' (installs beside torch 2.13.0)",
 )
 
 
+@functools.cache
+def _torchao():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchao.quantization.pt2e as pt2e
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.testing.pt2e import _xnnpack_quantizer as xnnpack
+    return pt2e, quantize_pt2e, xnnpack
+
+
 def _torchao_flow(model, inputs, is_qat=False, steps=1):
-    pt2e, flow, xnnpack = TORCHAO
+    pt2e, flow, xnnpack = _torchao()
     gm = export(copy.deepcopy(model).train(is_qat), inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchao's XNNPACKQuantizer announces its deprecation
