@@ -36,6 +36,7 @@ qd = torch.ops.quantized_decomposed
 aten = torch.ops.aten
 Q, DQ = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
 DQ_CH = qd.dequantize_per_channel.default
+LINEAR = aten.linear.default
 LINEAR_IN = (torch.randn(2, 2),)
 
 
@@ -333,30 +334,28 @@ def _q_scales(m):
     return [n.args[1] for n in m.graph.nodes if n.target == Q and n.args[0].op != "get_attr"]
 
 
-@pytest.mark.parametrize("pool", [torch.nn.AvgPool2d(2), torch.nn.AdaptiveAvgPool2d(4)])
-def test_average_pooling_stays_float_and_its_consumer_quantizes_the_narrower_range(pool):
+def test_average_pooling_stays_float_and_its_consumer_quantizes_the_narrower_range():
     inputs = (torch.randn(8, 3, 8, 8),)
-    m = quantize(ConvBnReluPoolLinear(pool).eval(), symmetric(), inputs)
-    # dq -> pool -> flatten -> q -> dq -> linear: the pooled values get their own observer
+    m = quantize(ConvBnReluPoolLinear().eval(), symmetric(), inputs)
+    # dq -> avg_pool2d -> flatten -> q -> dq -> linear: the pooled values get their own observer
     assert contains_in_order(
-        m, [aten.relu.default, Q, DQ, pool_op(pool), aten.flatten.using_ints, Q, DQ, LINEAR]
+        m,
+        [aten.relu.default, Q, DQ, aten.avg_pool2d.default, aten.flatten.using_ints, Q, DQ, LINEAR],
     )
     # 4 activation quantizes: input, relu output, linear input, linear output; in particular
     # no second quantize with the relu's qparams after the pool, none after the flatten
-    relu_scale, linear_in_scale = _q_scales(m)[1:3]
     assert len(_q_scales(m)) == 4
+    relu_scale, linear_in_scale = _q_scales(m)[1:3]
     # an average of 2x2 non-negative values spans less than they do: a finer grid
     assert linear_in_scale < relu_scale
 
 
-def pool_op(pool):
-    return {
-        torch.nn.AvgPool2d: aten.avg_pool2d.default,
-        torch.nn.AdaptiveAvgPool2d: aten.adaptive_avg_pool2d.default,
-    }[type(pool)]
-
-
-LINEAR = aten.linear.default
+def test_adaptive_average_pooling_shares_its_input_scale():
+    inputs = (torch.randn(8, 3, 8, 8),)
+    m = quantize(ConvBnReluPoolLinear(torch.nn.AdaptiveAvgPool2d(4)).eval(), symmetric(), inputs)
+    pool = next(n for n in m.graph.nodes if n.target == aten.adaptive_avg_pool2d.default)
+    q_after = next(iter(pool.users))
+    assert q_after.target == Q and q_after.args[1:3] == pool.args[0].args[1:3]
 
 
 def test_convert_without_calibration_warns_naming_the_uncalibrated_observers():

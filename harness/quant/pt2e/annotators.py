@@ -41,9 +41,14 @@ RELU_OPS = (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.h
 BN_OPS = (aten.batch_norm.default,)
 ADD_OPS = (aten.add.Tensor, aten.add_.Tensor)
 MUL_OPS = (aten.mul.Tensor, aten.mul_.Tensor)
-# Max pooling picks values of its input: its output is on the input's grid exactly. Average
-# pooling is deliberately absent: see annotate_pool.
-POOL_OPS = (aten.max_pool1d.default, aten.max_pool2d.default)
+# Pooling whose output shares its input's qparams. avg_pool1d/2d are deliberately absent: see
+# annotate_pool.
+POOL_OPS = (
+    aten.max_pool1d.default,
+    aten.max_pool2d.default,
+    aten.adaptive_avg_pool1d.default,
+    aten.adaptive_avg_pool2d.default,
+)
 # Ops that move values around without changing them: they take their input's qparams.
 PROPAGATE_OPS = (
     aten.permute.default,
@@ -199,15 +204,18 @@ def annotate_pool(
     model: GraphModule, config: QuantizationConfig | None, filter_fn: FilterFn = None
 ) -> list[list[Node]]:
     """Max pooling keeps its input's scale: the maximum of values on one grid is on that grid,
-    so the output shares the input edge's observer (no requantization, no rounding).
+    so the output shares the input edge's observer (no requantization, no rounding). Adaptive
+    average pooling shares it too, as torchao's and ExecuTorch's XNNPACK quantizers do.
 
-    Average pooling is left in float, as torchao's XNNPACK quantizer leaves ``avg_pool2d``: its
-    consumer quantizes the averaged values with its own observer. An average has a narrower
-    range than its input (a global average much narrower), so its own scale is finer; sharing
-    the input's scale also fed the pooled values to the input's histogram a second time.
-    Measured on Conv-BN-ReLU-AvgPool2d-Flatten-Linear, 5 seeds (bench/pt2e_vs_torchao.py):
-    sharing gave 1.6-2.9 dB less SQNR than torchao; now the qparams and SQNR are torchao's
-    with AvgPool2d, and 1.6-2.9 dB above torchao's with AdaptiveAvgPool2d (which it shares).
+    ``avg_pool1d`` / ``avg_pool2d`` are left in float, as torchao's XNNPACK quantizer leaves
+    ``avg_pool2d``: the consumer quantizes the averaged values with its own observer, on a finer
+    grid (an average spans less than its inputs), and the pooled values no longer enter the
+    input's histogram a second time. Measured (bench/pt2e_vs_torchao.py, Conv-BN-ReLU-AvgPool2d-
+    Flatten-Linear, 5 seeds): sharing gave 1.6-2.9 dB less SQNR than torchao; left in float the
+    qparams and SQNR are torchao's. The same for adaptive pooling was measured and rejected:
+    +1.6-2.9 dB on that model and +1.8 dB on mobilenet_v3 with 8 calibration batches, but
+    -6.1 dB on mobilenet_v3 calibrated on one image (bench/arch_sqnr.py), where each global
+    average is one value per channel and the consumer's histogram clips the few it sees.
     """
     if config is None or config.input_activation is None:
         return []
