@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import PRODUCER_ID, REPO, STORE
 
+import harness
 from harness import cli, index, scope
 
 QBC = str(Path(sys.executable).parent / "qbc")
@@ -56,7 +57,7 @@ def test_version_names_qbc_and_the_installed_torch() -> None:
     done = qbc("--version")
 
     assert done.returncode == 0
-    assert done.stdout.startswith("qbc 0.1.0 (torch 2.")
+    assert done.stdout.startswith(f"qbc {harness.__version__} (torch 2.")
 
 
 def test_verify_prints_matrix_grouped_failures_and_a_final_line_with_counts_and_time(
