@@ -38,8 +38,9 @@ Engines
     (``ONEDNN_MAX_CPU_ISA=AVX2`` on a VNNI CPU) its int16 pair sums saturate. Eager calls go
     through :mod:`harness.quant.int_mm`, which lays ``K == 1`` out row-major and picks, by a
     probe at first use, the direct GEMM or an exact fallback (weights split into halves that
-    cannot saturate); ``qbc engines`` names the choice. Captured graphs (trace, export) lay
-    ``K == 1`` out the same way; TorchScript keeps the plain transposed call for now.
+    cannot saturate); ``qbc engines`` names the choice. Scripted, traced and exported modules
+    always take the split form (:func:`split_product`, since qbc 0.2.0): a graph runs wherever
+    its file goes and cannot carry a plan probed where it was written.
 
     Eager modules do not run the kernels below: they keep the weight-side terms (column sums,
     zero points, the laid-out GEMM operand) per weight, the bias / multiplier terms per input
@@ -256,20 +257,32 @@ def matmul_acc_int_mm(
         c = -x_zp.to(torch.float64).reshape(1, 1)
     zw = w_zp.to(torch.float64).reshape(1, -1)
     if torch.jit.is_scripting():
-        total = torch._int_mm(a, w_q.t()).to(torch.float64)
+        total = split_product(a, w_q, k == 1).to(torch.float64)
     elif not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
         total = int_mm.product(int_mm.plan().kind, a, w_q).to(torch.float64)
-    elif _is_one(k):
-        # A graph cannot carry a plan probed where it was made; it gets the plain product,
-        # with K == 1 laid out row-major (harness.quant.int_mm).
-        total = torch._int_mm(a, w_q.reshape(1, -1)).to(torch.float64)
     else:
-        total = torch._int_mm(a, w_q.t()).to(torch.float64)
+        total = split_product(a, w_q, _is_one(k)).to(torch.float64)
     col_w = w_q.sum(dim=1, dtype=torch.int64).to(torch.float64).reshape(1, -1)
     total.add_(c * (col_w - zw * k))
     row_a = a.sum(dim=1, dtype=torch.int64).to(torch.float64).reshape(-1, 1)
     total.addcmul_(row_a, zw, value=-1.0)
     return total
+
+
+def split_product(a: torch.Tensor, w_q: torch.Tensor, k_is_one: bool) -> torch.Tensor:
+    """``a @ w_q^T`` in int32, exact on every CPU: the graph form of the int_mm engine.
+
+    A scripted, traced or exported module runs wherever its file goes, so it cannot use a plan
+    probed on the machine that wrote it (:mod:`harness.quant.int_mm`); it always takes the
+    ``split`` plan, exact even where ``torch._int_mm`` saturates int16 pair sums (a capped
+    oneDNN): ``W = 2 * (W >> 1) + (W & 1)``, both halves in one GEMM on the stacked [2N, K]
+    weight. ``K == 1`` is laid out row-major (``W^T`` of a [N, 1] weight is misread).
+    """
+    n = w_q.shape[0]
+    halves = torch.cat([torch.bitwise_right_shift(w_q, 1), torch.bitwise_and(w_q, 1)])
+    operand = halves.reshape(1, -1) if k_is_one else halves.t()
+    both = torch._int_mm(a, operand)
+    return torch.add(both[:, n:], both[:, :n], alpha=2)
 
 
 def _is_one(k: Any) -> bool:

@@ -100,6 +100,14 @@ _CAPPED_CHECK = textwrap.dedent(
         zx, zw = torch.tensor([3]), torch.zeros(n, dtype=torch.int64)
         ref = E.matmul_acc_reference(x, zx, w, zw).to(torch.float64)
         assert torch.equal(E.matmul_acc_int_mm(x, zx, w, zw), ref), (m, k, n)
+    # graphs carry the split product, whatever this machine's plan: scripted and traced too
+    for k in (1, 300):
+        w = torch.full((6, k), -128, dtype=torch.int8)
+        x = torch.full((5, k), 255, dtype=torch.uint8)
+        args = (x, torch.tensor([3]), w, torch.zeros(6, dtype=torch.int64))
+        ref = E.matmul_acc_reference(*args).to(torch.float64)
+        assert torch.equal(torch.jit.script(E.matmul_acc_int_mm)(*args), ref), k
+        assert torch.equal(torch.jit.trace(E.matmul_acc_int_mm, args)(*args), ref), k
     print(int_mm.plan().kind)
     """
 )
@@ -108,6 +116,7 @@ _CAPPED_CHECK = textwrap.dedent(
 def test_int_mm_stays_exact_when_onednn_and_aten_are_capped_to_avx2():
     # Caps are read when torch starts, so this runs in a child. On a VNNI CPU the capped oneDNN
     # saturates (the probe then picks "split"); on an AVX2-only CPU the cap changes nothing.
+    # Eager calls, and scripted and traced kernels (the graph form), must stay exact.
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
     done = subprocess.run(
         [sys.executable, "-c", _CAPPED_CHECK], env=env, capture_output=True, text=True
