@@ -80,6 +80,23 @@ def _pickle_text(data: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
+def same_entries(a: Path, b: Path) -> bool:
+    """Whether two zip archives hold the same entries, byte for byte and in the same order, so
+    that only the zip's own metadata differs. torch <= 2.7 writes a ``.pt2`` with Python's
+    zipfile, which stamps every entry with the time it was written: the same program saved a
+    second later has other bytes (torch >= 2.8's own writer stamps no time). Nothing is read
+    but the archives' entries."""
+    if not (zipfile.is_zipfile(a) and zipfile.is_zipfile(b)):
+        return False
+    with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
+        ia, ib = za.infolist(), zb.infolist()
+        if [i.filename for i in ia] != [i.filename for i in ib]:
+            return False
+        if [(i.CRC, i.file_size) for i in ia] != [(i.CRC, i.file_size) for i in ib]:
+            return False
+        return all(za.read(x) == zb.read(y) for x, y in zip(ia, ib, strict=True))
+
+
 def text_diff(a: str, b: str, name: str = "") -> list[str]:
     """A unified diff of two texts (one line of context), old ``A`` to new ``B``."""
     label = f" {name}" if name else ""

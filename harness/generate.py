@@ -27,7 +27,7 @@ from harness import atomic, index, isa, isolation
 from harness import manifest as mf
 from harness import store as st
 from harness.cases import BuildContext, Case, select_cases
-from harness.contents import contents, plain
+from harness.contents import contents, plain, same_entries
 from harness.formats import get_format
 from harness.lock import locked_regeneration
 from harness.subjects import check_engine, get_case, get_subject, subject_names
@@ -277,9 +277,10 @@ def content_drift(a: Path, b: Path, trusted: bool = False) -> list[str]:
 
 
 def differs(a: Path, b: Path, fmt: str, trusted: bool = False) -> bool:
-    """Whether two files of format ``fmt`` differ: bytes for a deterministic format, contents
-    for the others (their bytes change run to run)."""
-    if mf.sha256_file(a) == mf.sha256_file(b):
+    """Whether two files of format ``fmt`` differ: bytes for a deterministic format (for an
+    archive, its entries' bytes: harness.contents.same_entries), contents for the others
+    (their bytes change run to run)."""
+    if mf.sha256_file(a) == mf.sha256_file(b) or same_entries(a, b):
         return False
     if get_format(fmt).deterministic:
         return True
