@@ -305,9 +305,13 @@ def test_retention_drops_a_producer_outside_the_newest_minors_once_its_grace_is_
 
 def backfill(store: Path, release: str, date: str) -> str:
     """Copy the oldest producer's goldens as producer ``torch-<release>_qbc-0.1.0`` dated
-    ``date`` (a producer written late for an older torch release)."""
+    ``date`` (a producer written late for an older torch release), in place of any producer
+    of that release's minor the store already holds."""
     oldest = min((g.producer for g in iter_goldens(store)), key=lambda p: parse_producer(p)[0])
     new = f"torch-{release}_qbc-0.1.0"
+    for producer_dir in store.glob("*/torch-*"):
+        if producer_dir.is_dir() and minor(producer_dir.name) == minor(new):
+            shutil.rmtree(producer_dir)  # the store as it was before that minor's producer
     for subject_dir in store.iterdir():
         if (subject_dir / oldest).is_dir():
             shutil.copytree(subject_dir / oldest, subject_dir / new)
@@ -322,7 +326,7 @@ def backfill(store: Path, release: str, date: str) -> str:
 def test_a_backfilled_producer_takes_its_release_place_and_pushes_no_newer_release_out(
     store_copy,
 ):
-    # A window of 2 minors over 2.6, 2.13, 2.14 keeps 2.13 and 2.14. A 2.8 producer written a
+    # A window of 2 minors over 2.6 .. 2.14 keeps 2.13 and 2.14. A 2.8 producer written a
     # year after all of them is older than the window by release: it expires (its grace started
     # when 2.14 arrived), and 2.13, which the newest-written-first order would have expired
     # (2.8 written later), is still kept.
