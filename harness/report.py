@@ -610,7 +610,14 @@ def render(fmt: str, rows: Rows, store: Path) -> str:
     with_isa = any(c.get("isa") for c in m["consumers"])
     consumer_head = ["consumer", "torch", "qbc", "python", *(["isa"] if with_isa else [])]
     consumer_rows = [
-        [consumer_key(c), c["torch"], c["qbc"], c["python"], *([c["isa"]] if with_isa else [])]
+        # results measured before consumers recorded their ISA class (docs/compat) have none
+        [
+            consumer_key(c),
+            c["torch"],
+            c["qbc"],
+            c["python"],
+            *([c.get("isa", "-")] if with_isa else []),
+        ]
         for c in m["consumers"]
     ]
     break_rows = [

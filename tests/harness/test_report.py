@@ -367,6 +367,17 @@ def test_coverage_names_the_golden_a_producer_lacks(store_copy):
     assert cells == {p: ("no golden" if p == oldest else "all") for p in producers}
 
 
+def test_consumers_with_and_without_an_isa_class_render_together(rows, empty_store):
+    # docs/compat holds results of consumers measured before verify recorded the machine's ISA
+    # class next to one that has it: the consumer table says "-" where it is not known
+    for r in rows:
+        if r["consumer"]["torch"] == "2.14.1+cpu":
+            r["consumer"] = {**r["consumer"], "isa": "avx512_vnni"}
+    md = report.render("md", rows, empty_store)
+    assert "| avx512_vnni |" in md
+    assert "| 3.11.7 | - |" in md
+
+
 def test_compact_results_keep_what_the_report_reads(rows, tmp_path, empty_store):
     # one consumer's rows, compacted and read back, render the same report as the full rows
     mine = [dict(r, duration=0.25) for r in rows if r["consumer"]["torch"] == "2.6.0+cpu"]
