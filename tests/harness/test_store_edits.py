@@ -104,6 +104,8 @@ def test_byte_edit_behind_the_manifest_fails_integrity_of_exactly_its_users(
 def test_missing_file_is_reported_not_loaded(store_copy: Path) -> None:
     entry = manifest(store_copy, "fbgemm", "linear")["files"]["graph"]
     (store_copy / "torch_ao" / PRODUCER_ID / entry["path"]).unlink()
-    item = next(i for i in collect(store_copy) if i.id.endswith("/fbgemm/linear/graph"))
+    item = next(
+        i for i in collect(store_copy) if i.id.endswith(f"{PRODUCER_ID}/fbgemm/linear/graph")
+    )
     with pytest.raises(AssertionError, match="missing"):
         run_check(item, Policy.load())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def test_a_format_key_that_is_a_path_is_a_manifest_problem(store: Path, policy) 
 def test_duplicate_keys_in_a_manifest_are_refused(store: Path, policy) -> None:
     path = manifest_file(store, OBSERVER)
     text = path.read_text()
-    path.write_text(text.replace('"schema": 1', '"schema": 1, "schema": 1', 1))
+    doubled = re.sub(r'("schema": \d+)', r"\1, \1", text, count=1)  # whatever its schema
+    assert doubled != text
+    path.write_text(doubled)
 
     outcomes = run_checks(store, OBSERVER, None, policy)
 
