@@ -15,23 +15,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import PRODUCER_ID, STORE
+from conftest import PRODUCER_ID
 
-from harness import index
-
-KEEP = {("fbgemm", "per_tensor_observer"), ("qnnpack", "linear")}
 GATE = "from harness.verify import test_golden\n"
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path, small_store: Path) -> Path:
     """A project with a one-line golden gate and a small store in ``golden/``."""
-    dest = tmp_path / "golden" / "torch_ao" / PRODUCER_ID
-    shutil.copytree(STORE / "torch_ao" / PRODUCER_ID, dest)
-    for case_dir in dest.glob("*/*"):
-        if case_dir.parent.name != "blobs" and (case_dir.parent.name, case_dir.name) not in KEEP:
-            shutil.rmtree(case_dir)
-    index.write(tmp_path / "golden")  # the copy is accounted for, as a committed store is
     (tmp_path / "test_gate.py").write_text(GATE)
     (tmp_path / "test_unit.py").write_text("def test_arithmetic():\n    assert 1 + 1 == 2\n")
     return tmp_path
