@@ -41,6 +41,10 @@ _ARCHIVE_NOISE = (".debug_pkl", ".data/serialization_id")
 #: ``container/___torch_mangle_5.py``: where a class lands says how many modules were scripted
 #: before it in that process, not what it is
 _MANGLE = re.compile(r"[./]___torch_mangle_\d+")
+#: TorchScript's printer names temporaries ``_0``, ``_1``, ... counting across the whole file,
+#: so a function printed after a class in the same file (unmangled) gets other numbers than the
+#: same function alone in its file (its class mangled into a file of its own)
+_TEMP = re.compile(r"\b_\d+\b")
 #: pickle opcodes that say how the stream is laid out, not what it holds
 _PICKLE_LAYOUT = {"PROTO", "FRAME"}
 
@@ -60,13 +64,31 @@ def archive(path: Path) -> dict[str, str]:
             data = z.read(info)
             if name.endswith(".py"):
                 text = _MANGLE.sub("", data.decode("utf-8", "replace"))
-                code.setdefault(_MANGLE.sub("", name), []).append(text)
+                code.setdefault(_MANGLE.sub("", name), []).extend(code_blocks(text))
             elif name.endswith(".pkl"):
                 out[name] = _pickle_text(data)
             else:
                 out[name] = hashlib.sha256(data).hexdigest()
     out.update({name: "".join(sorted(texts)) for name, texts in code.items()})
     return out
+
+
+def code_blocks(text: str) -> list[str]:
+    """A TorchScript code file as its top-level blocks (each ``def`` or ``class`` with its body,
+    and whatever precedes the first), temporaries renumbered from ``_0`` in each block in the
+    order they first appear. Renaming is one-to-one within a block, so two blocks are equal
+    exactly when they are the same code up to the printer's file-wide numbering."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if line.startswith(("def ", "class ")) and blocks[-1]:
+            blocks.append([])
+        blocks[-1].append(line)
+    return [_renumbered("".join(lines)) for lines in blocks if lines]
+
+
+def _renumbered(block: str) -> str:
+    names: dict[str, str] = {}
+    return _TEMP.sub(lambda m: names.setdefault(m.group(), f"_{len(names)}"), block)
 
 
 def _pickle_text(data: bytes) -> str:

@@ -346,7 +346,7 @@ def accept(store: Path, subjects: Sequence[str] | None) -> list[str]:
     names = subjects_to_regenerate(store, subjects)
     result, changes = regenerate(store, names, command="pytest --qbc-update")
     lines = [f"skipped {gid}: {reason}" for gid, reason in result.skipped]
-    lines += summary_lines(changes, [mf.producer_id(subject=s) for s in names])
+    lines += summary_lines(changes, [f"{s}/{mf.producer_id(subject=s)}" for s in names])
     past = sorted(
         {g.producer for g in iter_goldens(store) if g.subject in names}
         - {mf.producer_id(subject=s) for s in names}
@@ -430,7 +430,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     subjects = subjects_to_regenerate(store, args.subject)
     for name in subjects:
         get_subject(name)  # UnknownName naming it, before anything is written
-    producers = [mf.producer_id(subject=s) for s in subjects]
+    producers = [f"{s}/{mf.producer_id(subject=s)}" for s in subjects]
     command = prog + (f" --subject {' --subject '.join(args.subject)}" if args.subject else "")
     wanted = getattr(args, "classes", "all")  # `qbc generate` has no --classes: every class
     classes = None if wanted == "all" else [c for c in wanted.split(",") if c != "own"]
