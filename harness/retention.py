@@ -38,6 +38,7 @@ class Retention:
     torch_minors: int
     days: int
     subjects: tuple[str, ...]
+    torch: str  # the release qbc pins: its producer of the current qbc version is required
 
     @classmethod
     def load(cls, path: Path | None = None) -> Retention:
@@ -47,6 +48,7 @@ class Retention:
             torch_minors=int(data["keep"]["torch_minors"]),
             days=int(data["keep"]["days"]),
             subjects=tuple(data.get("release", {}).get("subjects", ())),
+            torch=str(data["release"]["torch"]),
         )
 
 

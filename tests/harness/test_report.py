@@ -4,6 +4,7 @@ the generated docs/compatibility.md, and the golden retention policy over the co
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import shutil
 from html.parser import HTMLParser
@@ -295,7 +296,7 @@ def test_committed_store_holds_no_producer_beyond_the_retention_policy():
 def test_retention_drops_a_producer_outside_the_newest_minors_once_its_grace_is_over(store_copy):
     # keep 1 minor and 1 day: only the newest torch minor (2.14) is in the window; the others
     # left it the day 2.14's first golden was written, and are expired 1 day later.
-    policy = Retention(torch_minors=1, days=1, subjects=())
+    policy = Retention(torch_minors=1, days=1, subjects=(), torch="2.13.0")
     newest_minor = max(minor(g.producer) for g in iter_goldens(store_copy))
     arrived = first_dates(store_copy)[newest_minor]
     assert expired(store_copy, policy, arrived) == []
@@ -330,7 +331,7 @@ def test_a_backfilled_producer_takes_its_release_place_and_pushes_no_newer_relea
     # year after all of them is older than the window by release: it expires (its grace started
     # when 2.14 arrived), and 2.13, which the newest-written-first order would have expired
     # (2.8 written later), is still kept.
-    policy = Retention(torch_minors=2, days=30, subjects=())
+    policy = Retention(torch_minors=2, days=30, subjects=(), torch="2.13.0")
     newest = max(golden_date(g.manifest) for g in iter_goldens(store_copy))
     late = newest + dt.timedelta(days=365)
     backfilled = backfill(store_copy, "2.8.0", late.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -344,14 +345,44 @@ def test_a_backfilled_producer_inside_the_window_is_kept_and_expires_nothing(sto
     # today expires nothing, however old the other producers' dates are.
     backfilled = backfill(store_copy, "2.8.0", "2026-11-28T00:00:00Z")
     far = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
-    assert expired(store_copy, Retention(torch_minors=9, days=1, subjects=()), far) == []
+    assert (
+        expired(store_copy, Retention(torch_minors=9, days=1, subjects=(), torch="2.13.0"), far)
+        == []
+    )
     assert backfilled in {g.producer for g in iter_goldens(store_copy)}
 
 
-def test_this_release_has_written_its_own_producer_for_every_required_subject():
+def test_this_qbc_version_has_written_its_producer_on_the_pinned_torch_for_every_required_subject():
+    # the same answer on every consumer release (nox runs this file on 2.6 .. 2.14): the
+    # required producer is named by the pinned release, not by the torch running the test
+    policy = Retention.load()
     have = {(g.subject, g.producer) for g in iter_goldens(STORE)}
-    for subject in Retention.load().subjects:
-        assert (subject, producer_id()) in have, f"no goldens of {subject} by {producer_id()}"
+    required = producer_id(torch_release=policy.torch)
+    for subject in policy.subjects:
+        assert (subject, required) in have, f"no goldens of {subject} by {required}"
+
+
+@pytest.fixture(scope="module")
+def noxfile() -> Any:
+    """The noxfile as a module (its release list and pinned release are plain constants)."""
+    pytest.importorskip("nox")
+    spec = importlib.util.spec_from_file_location("qbc_noxfile", REPO / "noxfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_store_holds_a_producer_of_every_torch_release_nox_tests(noxfile):
+    releases = {parse_producer(g.producer)[0] for g in iter_goldens(STORE)}
+    missing = [r for r in noxfile.TORCH_RELEASES if tuple(map(int, r.split("."))) not in releases]
+    assert missing == []
+
+
+def test_the_retention_policy_names_the_torch_release_qbc_pins(noxfile):
+    pinned = Retention.load().torch
+    assert pinned == noxfile.DEFAULT_TORCH
+    assert f"torch=={pinned}" in (REPO / ".ci" / "run").read_text()
+    assert f"torch=={pinned}" in (REPO / "README.md").read_text()
 
 
 def test_coverage_names_the_golden_a_producer_lacks(store_copy):
