@@ -17,8 +17,14 @@ out="$(mktemp -d)"
 for v in "${releases[@]}"; do
   python="$venvs/torch-$v/bin/python"
   start=$(date +%s)
+  # qbc's pytest plugin comes from its entry point when qbc is installed in the venv (nox);
+  # from PYTHONPATH alone it must be named (both at once: "Plugin already registered")
+  plugin=()
+  "$python" -c "import importlib.metadata as m, sys
+sys.exit(not any(e.name == 'qbc' for e in m.entry_points(group='pytest11')))" \
+    || plugin=(PYTEST_PLUGINS=harness.pytest_plugin)
   # exit status 1 means some check failed: the results file still records every check
-  PYTHONPATH="$repo" nice -n 5 "$python" -m harness.cli verify -n "${QBC_WORKERS:-2}" --downstream none \
+  env "${plugin[@]}" PYTHONPATH="$repo" nice -n 10 "$python" -m harness.cli verify -n "${QBC_WORKERS:-2}" --downstream none \
     --json "$out/torch-$v.json" > "$out/torch-$v.txt" || true
   echo "torch $v: verify $(( $(date +%s) - start )) s, $(tail -1 "$out/torch-$v.txt")"
   PYTHONPATH="$repo" "$python" -m harness.cli report --format results \
