@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -138,6 +139,44 @@ def cmd_regen(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ verify
+
+
+#: a downstream check's id ends ``.../exported@<consumer>]`` (harness.verify.CheckItem.id)
+_DOWNSTREAM_ID = re.compile(r"/exported@([A-Za-z0-9_.-]+)\]$")
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The xdist work unit of a check in ``qbc verify``: every downstream check of one consumer
+    is one unit (it runs on one worker), any other check is a unit of its own.
+
+    One worker per consumer starts that consumer's worker process (torch, the runtime and a
+    warm-up lowering: 4-15 CPU s, Inductor's most) once per run instead of once per xdist
+    worker; Inductor kernels shared by several goldens compile once; a program that loads the
+    same from two producers is lowered once (harness.downstream's memo). The units are handed
+    out largest first, so the consumers' units start the run and the single checks fill in
+    around them (no consumer left for the end, when one worker would run it alone)."""
+    match = _DOWNSTREAM_ID.search(nodeid)
+    return f"downstream:{match[1]}" if match else nodeid
+
+
+class _ConsumerGroups:
+    """pytest plugin object (the xdist controller of ``qbc verify`` with downstream checks):
+    schedules work units by :func:`xdist_scope`.
+
+    Not ``--dist loadgroup`` and ``xdist_group`` marks: with pytest 9 and pytest-xdist 3.8 those
+    group nothing (xdist renames ``item._nodeid``, which pytest 9 no longer reads; measured:
+    checks of one group ran on both workers), so loadgroup hands out every check alone.
+    """
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ConsumerScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return xdist_scope(nodeid)
+
+        return ConsumerScheduling(config, log)
 
 
 class _Progress:
@@ -256,14 +295,15 @@ def run_verify(
         # qbc is already imported here: assertion rewriting of it is neither possible nor needed
         "--assert=plain",
     ]  # fmt: skip
+    plugins: list[Any] = [_Progress(progress)]
     if workers not in ("0", ""):
         args += ["-n", workers]
         if downstream and downstream != "none":
-            # one worker per (subject, engine, case), every producer: a program is lowered once
-            # per consumer (harness.downstream memoizes by content). Without downstream checks
-            # xdist's "load" is cheaper: "loadgroup" cost 15-20 % more worker CPU there,
-            # measured (bench/README.md).
+            # one worker per downstream consumer (_ConsumerGroups; every other check alone, as
+            # "loadgroup" did). Without downstream checks xdist's "load" is cheaper: "loadgroup"
+            # cost 15-20 % more worker CPU there, measured (bench/README.md).
             args += ["--dist", "loadgroup"]
+            plugins.append(_ConsumerGroups())
     for flag, value in (("-k", expr), ("--junitxml", junitxml), ("--qbc-policy", policy)):
         if value:
             args += [flag, value]
@@ -281,7 +321,7 @@ def run_verify(
     stdout = sys.stdout
     sys.stdout = out  # pytest's own lines; the matrix and summary below are the output
     try:
-        code = pytest.main(args, plugins=[_Progress(progress)])
+        code = pytest.main(args, plugins=plugins)
     finally:
         sys.stdout = stdout
     return int(code), out.getvalue()

@@ -22,7 +22,9 @@ Cost. Lowering is seconds per program, so the runner (a) runs each lowering in a
 a worker process (harness.isolation's zygote, one per consumer: :func:`worker_environment`) that
 imported the consumer and lowered one tiny program of its own first (:func:`warm_up`: the lazy
 set-up of the lowering passes then happens once per worker, not once per golden, 5.3 -> 1.8 CPU s
-per XNNPACK lowering), and (b) remembers, per process, the output
+per XNNPACK lowering; the warm-up itself costs 4-15 CPU s, Inductor's most: it compiles C++), (b)
+under xdist, ``qbc verify`` runs every check of one consumer on one worker
+(harness.cli.xdist_scope), so each consumer starts and warms up once per run, and (c) remembers, per process, the output
 of every program it lowered under a content key (graph code, signature, every tensor's bytes,
 the inputs): a golden whose ``.pt2`` loads to the same program as one already lowered (the same
 case written by torch 2.13 and 2.14) is still loaded and keyed in its own child, and judged on

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from harness import downstream, isolation, scope
+from harness.cli import xdist_scope
 from harness.outcomes import GoldenFailure, GoldenSkip
 from harness.policy import KnownBreak, Policy, Where
 from harness.results import CheckResult
@@ -122,6 +123,19 @@ def test_downstream_checks_scoped_to_current_lower_only_todays_exported_goldens(
 
     assert lowered == {scope.todays_producer("qbc")}
     assert len(read) > 1  # every producer's exported goldens are still read by today's torch
+
+
+def test_qbc_verify_runs_every_check_of_one_consumer_on_one_xdist_worker() -> None:
+    # one work unit per consumer: its worker process (runtime imported and warmed up) starts
+    # once per run, not once per xdist worker; every other check is a unit of its own
+    items = collect(STORE, ("onnxruntime", "inductor"))
+    units: dict[str, set[str]] = {}
+    for item in items:
+        nodeid = f"harness/verify.py::test_golden[{item.id}]"
+        units.setdefault(item.consumer or "golden", set()).add(xdist_scope(nodeid))
+    assert units["onnxruntime"] == {"downstream:onnxruntime"}
+    assert units["inductor"] == {"downstream:inductor"}
+    assert len(units["golden"]) == len([i for i in items if not i.consumer])
 
 
 def test_a_downstream_result_keeps_its_id_and_names_its_golden_format() -> None:
