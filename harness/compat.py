@@ -225,6 +225,15 @@ def drop_stale_jit_builtins() -> int:
     return len(stale)
 
 
+def emulates_lower_cpu(engine: str) -> bool:
+    """Whether :func:`lower_cpu_emulation` changes anything for ``engine`` in this process."""
+    from harness import isa
+
+    me = isa.detect()
+    vnni = isa.rank("avx512_vnni")
+    return engine == "int_mm" and isa.rank(me.cpu) >= vnni and isa.rank(me.cls) < vnni
+
+
 @contextlib.contextmanager
 def lower_cpu_emulation(engine: str) -> Iterator[None]:
     """Within the block, compute as a real CPU of this process's (capped) ISA class would, where
@@ -237,11 +246,7 @@ def lower_cpu_emulation(engine: str) -> Iterator[None]:
     which is that loop. (Graphs of the int_mm engine hold no other op that oneDNN serves.)
     Elsewhere the block runs unchanged.
     """
-    from harness import isa
-
-    me = isa.detect()
-    vnni = isa.rank("avx512_vnni")
-    if engine != "int_mm" or isa.rank(me.cpu) < vnni or isa.rank(me.cls) >= vnni:
+    if not emulates_lower_cpu(engine):
         yield
         return
     import torch

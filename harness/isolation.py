@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,7 @@ def zygote_main(requests: int, responses: int, warm: list[str]) -> None:
             header, payload = _read_frame(requests, None)
         except EOFError:
             return
+        _preload(header.get("preload") or ())
         reply, data = _run_forked(
             header["task"], payload, float(header["timeout"]), header.get("scratch")
         )
@@ -349,6 +350,17 @@ def zygote_main(requests: int, responses: int, warm: list[str]) -> None:
             _write_frame(responses, reply, data)
         except BrokenPipeError:
             return
+
+
+def _preload(modules: Iterable[str]) -> None:
+    """In the zygote: import (never run) modules a task asked for, once, so every later child
+    forked for such a task starts with them imported (see :func:`run_task`'s ``preload``)."""
+    for name in modules:
+        if name in sys.modules:
+            continue
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")  # a task that needs it will say what is wrong
+            importlib.import_module(name)
 
 
 # ------------------------------------------------------------------------------- caller side
@@ -407,9 +419,14 @@ class Zygote:
             raise NativeCrash(f"the worker process answered {header} instead of ready")
 
     def request(
-        self, name: str, payload: bytes, timeout: float, scratch: str | None = None
+        self,
+        name: str,
+        payload: bytes,
+        timeout: float,
+        scratch: str | None = None,
+        preload: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], bytes]:
-        header = {"task": name, "timeout": timeout, "scratch": scratch}
+        header = {"task": name, "timeout": timeout, "scratch": scratch, "preload": list(preload)}
         _write_frame(self.req_w, header, payload)
         return _read_frame(self.resp_r, time.monotonic() + timeout + ZYGOTE_GRACE)
 
@@ -505,10 +522,14 @@ def run_task(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     sandboxed: bool = False,
+    preload: tuple[str, ...] = (),
 ) -> TaskResult:
     """``fn(*args)`` in a child of the zygote for ``env`` (extra environment variables; None or
     empty: this process's own environment), confined by :func:`harness.sandbox.confine` first
-    when ``sandboxed``; see the module docstring for the outcomes."""
+    when ``sandboxed``; see the module docstring for the outcomes. ``preload``: modules the
+    zygote imports (never runs) before it forks the child, once, when a task needs modules whose
+    first import is slow (each child would otherwise import them again; the zygote keeps them
+    for every later task)."""
     env = dict(env or {})
     name = task_name(fn)
     timeout = LOAD_TIMEOUT if timeout is None else timeout
@@ -526,18 +547,23 @@ def run_task(
     scratch = tempfile.mkdtemp(prefix="qbc-sandbox-") if sandboxed else None
     try:
         with _LOCK:
-            return _finish(_request(env, name, payload, timeout, scratch), timeout)
+            return _finish(_request(env, name, payload, timeout, scratch, preload), timeout)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _request(
-    env: dict[str, str], name: str, payload: bytes, timeout: float, scratch: str | None
+    env: dict[str, str],
+    name: str,
+    payload: bytes,
+    timeout: float,
+    scratch: str | None,
+    preload: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], bytes]:
     zygote = _zygote(env)
     try:
-        return zygote.request(name, payload, timeout, scratch)
+        return zygote.request(name, payload, timeout, scratch, preload)
     except TimeoutError:
         _discard(env)
         raise TaskTimeout(
@@ -588,9 +614,10 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     sandboxed: bool = False,
+    preload: tuple[str, ...] = (),
 ) -> Any:
     """``fn(*args)`` in a worker (see :func:`run_task`); returns the value only."""
-    return run_task(fn, *args, env=env, timeout=timeout, sandboxed=sandboxed).value
+    return run_task(fn, *args, env=env, timeout=timeout, sandboxed=sandboxed, preload=preload).value
 
 
 def call(

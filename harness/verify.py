@@ -489,6 +489,17 @@ def _today_for(golden: Golden, isa_class: str) -> Built:
     return _today(golden.subject, golden.case, golden.engine, input_key, str(input_path))
 
 
+def _inputs_for(golden: Golden, isa_class: str, replay: bool = True) -> tuple[Any, ...]:
+    """The golden's stored inputs (the very tuple :func:`_today_for` builds on); with
+    ``replay``, the warnings loading them raised are replayed into the check's recording."""
+    input_path = golden.path("input", isa_class)
+    input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
+    inputs, _, load_warnings = _stored_inputs(input_key, str(input_path))
+    if replay:
+        recorded_warnings.replay(load_warnings)
+    return inputs
+
+
 def _numbers(
     golden: Golden,
     fmt_name: str,
@@ -513,19 +524,71 @@ def _numbers(
 
 
 def numbers_in_worker(
-    store: str, golden_id: str, fmt_name: str, isa_class: str, reader: str | None
+    store: str,
+    golden_id: str,
+    fmt_name: str,
+    isa_class: str,
+    reader: str | None,
+    run: str | None = None,
 ) -> Any:
     """Worker task (harness.isolation; plain data in and out): :func:`_numbers` computed in the
     worker's process, whose ISA class may be capped. ``reader``: the format's reader by name
-    (``module:function``), so a reader replaced at run time is the one used."""
+    (``module:function``), so a reader replaced at run time is the one used. ``run``: how
+    today's build runs a model (:func:`_run_name`); given, today's case is built in the worker
+    only if the reader needs more of it than the stored inputs and that function."""
     golden = golden_at(Path(store), *golden_id.split("/"))
     if golden.manifest is None:
         raise ValueError(f"golden {golden_id}: {golden.problem}")
     subject = get_subject(golden.subject)
     with subject.use_engine(golden.engine):
-        today = _today_for(golden, isa_class)
+        # (a build must not happen inside lower_cpu_emulation, where a reader would start it)
+        lazy = run is not None and not compat.emulates_lower_cpu(golden.engine)
+        today: Any = (
+            _LazyToday(golden, isa_class, run) if lazy else _today_for(golden, isa_class)  # type: ignore[arg-type]
+        )
         read = isolation.resolve(reader) if reader else None
         return _numbers(golden, fmt_name, isa_class, today, read)
+
+
+#: ``run`` of a Built whose builder left the default (call the model on the inputs)
+_DEFAULT_RUN = "default"
+
+
+def _run_name(today: Built, inputs: tuple[Any, ...]) -> str | None:
+    """How a worker can run a model the way ``today`` does without building the case:
+    :data:`_DEFAULT_RUN`, or the module-level function ``today.run`` by name; None when it cannot
+    (then the worker builds today's case itself), including a build whose inputs are not the
+    stored ones."""
+    if today.inputs is not inputs:
+        return None
+    if today.run is Built.__dataclass_fields__["run"].default:
+        return _DEFAULT_RUN
+    try:
+        return isolation.task_name(today.run)
+    except TypeError:
+        return None
+
+
+class _LazyToday:
+    """Today's build as a reader in a worker sees it, built only when the reader asks for more
+    than the stored inputs and how to run a model: loading a TorchScript, exported or packaged
+    artifact and running it needs no rebuild of today's case (quantize, calibrate, script,
+    trace, export), which the worker child would otherwise redo for every load (a fork keeps
+    nothing). Any other field builds the case as before."""
+
+    def __init__(self, golden: Golden, isa_class: str, run: str) -> None:
+        self._golden, self._isa_class = golden, isa_class
+        self.inputs = _inputs_for(golden, isa_class)
+        self.run = _default_run if run == _DEFAULT_RUN else isolation.resolve(run)
+
+    def __getattr__(self, name: str) -> Any:  # only for fields not set in __init__
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_today_for(self._golden, self._isa_class), name)
+
+
+def _default_run(model: Any, inputs: tuple[Any, ...]) -> Any:
+    return model(*inputs)
 
 
 def _reader_name(fmt: Any) -> str | None:
@@ -533,6 +596,23 @@ def _reader_name(fmt: Any) -> str | None:
         return isolation.task_name(fmt.read)
     except TypeError:  # e.g. a lambda: the worker uses the registered format's reader
         return None
+
+
+#: modules a worker imports once (harness.isolation's ``preload``, never run there) before it
+#: forks the loads of a format: otherwise every forked child imports them again, 1-3.5 s each
+#: (torch.export's deserializer pulls in torch._dynamo and sympy; a package's quantization
+#: transform traces with FX, which does too). Measured on this VNNI machine: an exported load
+#: 2.3 -> 0.1 s, a package load 4.5 -> 1.4 s, in a fresh child.
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "exported": ("torch._export.serde.serialize",),
+    "package": ("torch._export.serde.serialize",),
+}
+
+
+def _preload_for(fmt: Any) -> tuple[str, ...]:
+    """What a worker preloads for loads of ``fmt``: :data:`PRELOAD`, and qbc's own reader."""
+    reader = getattr(fmt.read, "__module__", None) or ""
+    return (*((reader,) if reader.startswith("harness.") else ()), *PRELOAD.get(fmt.name, ()))
 
 
 def _in_worker(
@@ -555,8 +635,10 @@ def _in_worker(
             item.fmt,
             isa_class,
             _reader_name(fmt),
+            _run_name(ctx.today, _inputs_for(g, isa_class, replay=False)),
             env=env,
             sandboxed=sandboxed,
+            preload=_preload_for(fmt),
         )
     except isolation.TaskProblem as problem:
         raise _load_failure(
