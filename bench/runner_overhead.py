@@ -110,11 +110,13 @@ def runner_loop(store: Path) -> dict[str, int]:
     """The runner without pytest: every (golden, format) check through ``run_check``."""
     from harness.outcomes import GoldenFailure, GoldenSkip
     from harness.policy import Policy
-    from harness.verify import collect, run_check
+    from harness.verify import collect, plan_checks, run_check
 
     policy = Policy.load(None)
     counts = {"passed": 0, "failed": 0, "skipped": 0}
-    for item in collect(store):
+    items = collect(store)
+    plan_checks(items)  # as the pytest plugin does: a golden's TorchScript loads share a child
+    for item in items:
         try:
             run_check(item, policy)
             counts["passed"] += 1

@@ -290,6 +290,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in empty]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tell the runner which checks this process will run (after deselection), so one worker
+    child can load a golden's TorchScript archives for all its checks (harness.verify)."""
+    checks = []
+    for item in session.items:
+        check = getattr(getattr(item, "callspec", None), "params", {}).get(FIXTURE)
+        if hasattr(check, "golden"):
+            checks.append(check)
+    if checks:  # never imports torch for a run without golden checks
+        from harness.verify import plan_checks
+
+        plan_checks(checks)
+
+
 def _is_placeholder(item: pytest.Item) -> bool:
     """The one item pytest makes for an empty parameter set (its value is a NOTSET token)."""
     if FIXTURE not in getattr(item, "fixturenames", ()):

@@ -38,6 +38,7 @@ with pytest from an installed package; ``tests/bc/test_goldens.py`` re-exports i
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -584,7 +585,10 @@ class _LazyToday:
     def __getattr__(self, name: str) -> Any:  # only for fields not set in __init__
         if name.startswith("__"):
             raise AttributeError(name)
-        return getattr(_today_for(self._golden, self._isa_class), name)
+        built = self.__dict__.get("_built")
+        if built is None:
+            built = self._built = _today_for(self._golden, self._isa_class)
+        return getattr(built, name)
 
 
 def _default_run(model: Any, inputs: tuple[Any, ...]) -> Any:
@@ -623,10 +627,11 @@ def _in_worker(
     skipped where no sandbox works, unless the store is trusted)."""
     g = item.golden
     fmt = get_format(item.fmt)
-    sandboxed = False
-    if isolation.needs_sandbox(fmt, ctx):
-        confined = isolation.confinement(True)  # GoldenSkip when nothing can confine it
-        sandboxed = confined is not None and not confined.startswith("trusted")
+    sandboxed = _sandboxed(fmt, ctx)
+    if not env:
+        grouped = _grouped_numbers(item, isa_class, isa_rec, ctx, sandboxed)
+        if grouped is not _UNGROUPED:
+            return grouped
     try:
         return isolation.run(
             numbers_in_worker,
@@ -644,6 +649,138 @@ def _in_worker(
         raise _load_failure(
             item, problem, f"\nfile: {g.path(item.fmt, isa_class)}", isa_rec
         ) from None
+
+
+def _sandboxed(fmt: Any, ctx: LoadContext) -> bool:
+    """Whether a worker load of ``fmt`` runs confined (GoldenSkip when it must be and cannot)."""
+    if not isolation.needs_sandbox(fmt, ctx):
+        return False
+    confined = isolation.confinement(True)  # GoldenSkip when nothing can confine it
+    return confined is not None and not confined.startswith("trusted")
+
+
+# ---------------------------------------------------------------- one worker child per golden
+#
+# A golden's TorchScript archives (scripted, traced) are loaded in ONE sandboxed child of the
+# worker, not one child each: a child costs a fork of the worker, the sandbox's two more forks
+# and its set-up (~0.15 s of CPU here), a TorchScript load and run ~0.05 s. The runner
+# (pytest plugin, or any caller) announces the checks it will run (:func:`plan_checks`); the
+# first check of a golden that needs the worker computes the numbers of every announced sibling
+# check that would run in the same kind of child (same sandboxing, this process's environment),
+# one after the other, each under its own warning record and exception catch; the siblings then
+# take theirs from :data:`_GROUPED`. If that child crashes or hangs, nothing of it is kept: the
+# check that started it, and its siblings, run one child each as before, so a crash still fails
+# exactly the check whose load crashed. Without an announcement nothing is grouped.
+
+#: formats whose loads may share a child: they run code from the golden only as TorchScript,
+#: which cannot change the Python of the child (a package's interned source or a trusted
+#: pickle could, and might then sway a sibling's numbers: those keep a child each)
+SHARED_CHILD_FORMATS = frozenset({"scripted", "traced"})
+#: check ids announced by the runner, per golden id: formats that will be checked
+_PLANNED: dict[str, set[str]] = {}
+#: (golden id, isa class) -> format -> its outcome computed in a grouped child, until taken;
+#: None: that golden's grouped child failed, its checks run one child each
+_GROUPED: dict[tuple[str, str], dict[str, tuple[Any, ...]] | None] = {}
+_UNGROUPED = object()
+
+
+def plan_checks(items: Any) -> None:
+    """Announce the checks this process is about to run (CheckItems; replaces any earlier
+    announcement), so a golden's code-capable loads can share one worker child."""
+    _PLANNED.clear()
+    _GROUPED.clear()
+    for item in items:
+        if isinstance(item, CheckItem) and item.consumer is None:
+            _PLANNED.setdefault(item.golden.id, set()).add(item.fmt)
+
+
+def _group_members(item: CheckItem, ctx: LoadContext, sandboxed: bool) -> list[str]:
+    """Announced formats of the golden whose loads run in the same kind of worker child as
+    ``item``'s (in order), or [] when there is nothing to share."""
+    g = item.golden
+    planned = _PLANNED.get(g.id, set())
+    if item.fmt not in planned or len(planned) < 2:
+        return []
+    case = get_case(g.subject, g.case)
+    members = []
+    for name in sorted(planned):
+        try:
+            fmt = get_format(name)
+        except KeyError:
+            continue
+        if name not in SHARED_CHILD_FORMATS or name not in case.formats_for(g.engine):
+            continue
+        sib = dataclasses.replace(ctx, weights_only=name not in case.trusted_load)
+        if not (isolation.needs_isolation(fmt, sib) or isolation.needs_sandbox(fmt, sib)):
+            continue
+        if _sandboxed(fmt, sib) != sandboxed:
+            continue
+        members.append(name)
+    return members if len(members) > 1 and item.fmt in members else []
+
+
+def _grouped_numbers(
+    item: CheckItem, isa_class: str, isa_rec: IsaRecord, ctx: LoadContext, sandboxed: bool
+) -> Any:
+    """The check's numbers from its golden's shared worker child (computing them for every
+    sibling the first time), or :data:`_UNGROUPED` when the check runs a child of its own."""
+    g = item.golden
+    key = (g.id, isa_class)
+    if key in _GROUPED and _GROUPED[key] is None:
+        return _UNGROUPED  # the shared child failed: one child per check, as before
+    outcome = (_GROUPED.get(key) or {}).pop(item.fmt, None)
+    if outcome is None:
+        members = _group_members(item, ctx, sandboxed)
+        if not members:
+            return _UNGROUPED
+        fmts = [(name, _reader_name(get_format(name))) for name in members]
+        try:
+            outcomes = isolation.run(
+                numbers_of_golden_in_worker,
+                str(g.store),
+                g.id,
+                fmts,
+                isa_class,
+                _run_name(ctx.today, _inputs_for(g, isa_class, replay=False)),
+                sandboxed=sandboxed,
+                preload=tuple(
+                    dict.fromkeys(m for n in members for m in _preload_for(get_format(n)))
+                ),
+            )
+        except isolation.TaskProblem:
+            _GROUPED[key] = None
+            return _UNGROUPED
+        outcome = outcomes.pop(item.fmt)
+        _GROUPED[key] = outcomes
+    recorded_warnings.replay(recorded_warnings.Recorded.from_dict(d) for d in outcome[-1])
+    if outcome[0] == "ok":
+        return outcome[1]
+    problem = isolation.TaskError(outcome[1], outcome[2])
+    raise _load_failure(item, problem, f"\nfile: {g.path(item.fmt, isa_class)}", isa_rec)
+
+
+def numbers_of_golden_in_worker(
+    store: str,
+    golden_id: str,
+    fmts: list[tuple[str, str | None]],
+    isa_class: str,
+    run: str | None,
+) -> dict[str, tuple[Any, ...]]:
+    """Worker task: :func:`numbers_in_worker` of several formats of one golden in one child,
+    format by format; each outcome is ``("ok", numbers, warnings)`` or ``("error", exception
+    type name, message, warnings)``, its warnings recorded apart (as dicts)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for fmt_name, reader in fmts:
+        with recorded_warnings.recording() as caught:
+            try:
+                result: tuple[Any, ...] = (
+                    "ok",
+                    numbers_in_worker(store, golden_id, fmt_name, isa_class, reader, run),
+                )
+            except Exception as exc:  # that format's failure, reported as its own task's was
+                result = ("error", type(exc).__name__, str(exc))
+        out[fmt_name] = (*result, [r.as_dict() for r in caught])
+    return out
 
 
 def _package_output(item: CheckItem, actual: Any, isa_rec: IsaRecord) -> Any:
