@@ -676,29 +676,34 @@ def _sandboxed(fmt: Any, ctx: LoadContext) -> bool:
 #: which cannot change the Python of the child (a package's interned source or a trusted
 #: pickle could, and might then sway a sibling's numbers: those keep a child each)
 SHARED_CHILD_FORMATS = frozenset({"scripted", "traced"})
-#: check ids announced by the runner, per golden id: formats that will be checked
-_PLANNED: dict[str, set[str]] = {}
-#: (golden id, isa class) -> format -> its outcome computed in a grouped child, until taken;
-#: None: that golden's grouped child failed, its checks run one child each
-_GROUPED: dict[tuple[str, str], dict[str, tuple[Any, ...]] | None] = {}
+#: checks announced by the runner: (store, golden id) -> formats that will be checked
+_PLANNED: dict[tuple[str, str], set[str]] = {}
+#: (store, golden id, isa class) -> format -> (sha256 of the file loaded, its outcome computed
+#: in a shared child), until taken; None: that golden's shared child failed, its checks run one
+#: child each
+_GROUPED: dict[tuple[str, str, str], dict[str, tuple[str, tuple[Any, ...]]] | None] = {}
 _UNGROUPED = object()
 
 
 def plan_checks(items: Any) -> None:
-    """Announce the checks this process is about to run (CheckItems; replaces any earlier
-    announcement), so a golden's code-capable loads can share one worker child."""
-    _PLANNED.clear()
-    _GROUPED.clear()
+    """Announce checks this process is about to run (CheckItems, added to those announced
+    before), so a golden's TorchScript loads can share one worker child."""
     for item in items:
         if isinstance(item, CheckItem) and item.consumer is None:
-            _PLANNED.setdefault(item.golden.id, set()).add(item.fmt)
+            _PLANNED.setdefault((str(item.golden.store), item.golden.id), set()).add(item.fmt)
+
+
+def forget_planned() -> None:
+    """Drop every announcement and every shared child's outcome not taken yet."""
+    _PLANNED.clear()
+    _GROUPED.clear()
 
 
 def _group_members(item: CheckItem, ctx: LoadContext, sandboxed: bool) -> list[str]:
     """Announced formats of the golden whose loads run in the same kind of worker child as
     ``item``'s (in order), or [] when there is nothing to share."""
     g = item.golden
-    planned = _PLANNED.get(g.id, set())
+    planned = _PLANNED.get((str(g.store), g.id), set())
     if item.fmt not in planned or len(planned) < 2:
         return []
     case = get_case(g.subject, g.case)
@@ -725,10 +730,12 @@ def _grouped_numbers(
     """The check's numbers from its golden's shared worker child (computing them for every
     sibling the first time), or :data:`_UNGROUPED` when the check runs a child of its own."""
     g = item.golden
-    key = (g.id, isa_class)
+    key = (str(g.store), g.id, isa_class)
     if key in _GROUPED and _GROUPED[key] is None:
         return _UNGROUPED  # the shared child failed: one child per check, as before
-    outcome = (_GROUPED.get(key) or {}).pop(item.fmt, None)
+    sha, outcome = (_GROUPED.get(key) or {}).pop(item.fmt, ("", None))
+    if outcome is not None and sha != g.entry(item.fmt, isa_class).sha256:
+        outcome = None  # computed for another file of that name (a store edited since)
     if outcome is None:
         members = _group_members(item, ctx, sandboxed)
         if not members:
@@ -751,7 +758,7 @@ def _grouped_numbers(
             _GROUPED[key] = None
             return _UNGROUPED
         outcome = outcomes.pop(item.fmt)
-        _GROUPED[key] = outcomes
+        _GROUPED[key] = {f: (g.entry(f, isa_class).sha256, o) for f, o in outcomes.items()}
     recorded_warnings.replay(recorded_warnings.Recorded.from_dict(d) for d in outcome[-1])
     if outcome[0] == "ok":
         return outcome[1]

@@ -12,12 +12,17 @@ import dataclasses
 import json
 import os
 import time
+import uuid
+import warnings
 from pathlib import Path
 
 import pytest
 
 import harness.isolation as isolation
+from harness import recorded_warnings
 from harness.formats import FORMATS, LoadContext, get_format
+from harness.formats.torchscript import read_module
+from harness.verify import collect, forget_planned, plan_checks, run_check
 
 from .reliability_helpers import LINEAR, golden_id, run_checks
 
@@ -36,6 +41,37 @@ def segfaulting_read(path, ctx):  # type: ignore[no-untyped-def]
 
 def hanging_read(path, ctx):  # type: ignore[no-untyped-def]
     time.sleep(3600)
+
+
+#: differs in every process that imports this module: a worker child imports it afresh
+CHILD_TOKEN = uuid.uuid4().hex
+
+
+def read_naming_its_child(path, ctx):  # type: ignore[no-untyped-def]
+    warnings.warn(f"loaded in child {CHILD_TOKEN}", stacklevel=1)
+    return read_module(path, ctx)
+
+
+def test_a_goldens_torchscript_loads_share_one_worker_child_when_the_runner_announces_them(
+    store: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_reader(monkeypatch, "scripted", read_naming_its_child)
+    patch_reader(monkeypatch, "traced", read_naming_its_child)
+    items = [i for i in collect(store) if i.golden.id == golden_id(LINEAR)]
+    torchscript = [i for i in items if i.fmt in ("scripted", "traced")]
+
+    def children(announced: list) -> set[str]:  # type: ignore[type-arg]
+        forget_planned()
+        plan_checks(announced)
+        seen = set()
+        for item in torchscript:
+            with recorded_warnings.recording() as caught:
+                run_check(item, policy)  # passes: the reader is torch's own behind the warning
+            seen |= {str(w.message) for w in caught if "loaded in child" in str(w.message)}
+        return seen
+
+    assert len(children(items)) == 1  # announced: one child loads both archives
+    assert len(children([])) == 2  # nothing announced: one child per check, as before
 
 
 @pytest.mark.parametrize(
