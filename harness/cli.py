@@ -299,10 +299,10 @@ def run_verify(
     if workers not in ("0", ""):
         args += ["-n", workers]
         if downstream and downstream != "none":
-            # one worker per downstream consumer (_ConsumerGroups; every other check alone, as
-            # "loadgroup" did). Without downstream checks xdist's "load" is cheaper: "loadgroup"
-            # cost 15-20 % more worker CPU there, measured (bench/README.md).
-            args += ["--dist", "loadgroup"]
+            # one worker per downstream consumer (_ConsumerGroups' scheduler replaces xdist's
+            # own whatever --dist says). No "--dist loadgroup" beside it: where loadgroup works
+            # (pytest 8) xdist appends each check's xdist_group to its node id, and the ids
+            # would no longer end as xdist_scope expects. Without downstream checks: "load".
             plugins.append(_ConsumerGroups())
     for flag, value in (("-k", expr), ("--junitxml", junitxml), ("--qbc-policy", policy)):
         if value:

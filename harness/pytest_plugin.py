@@ -259,8 +259,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # With `--dist loadgroup`, every producer's goldens of one (subject, engine, case) run on
         # one worker, which then builds today's version of that case once for all of them (and,
         # per downstream consumer, lowers a program that loads the same from two producers
-        # once). Not the default: xdist's "load" cost less CPU on the committed store
-        # (bench/README.md).
+        # once). Not the default, and inert with pytest 9 + pytest-xdist 3.8 (xdist renames
+        # item._nodeid, which pytest 9 no longer reads): `qbc verify` groups downstream checks
+        # with its own scheduler (harness.cli.xdist_scope) instead.
         group = f"{g.subject}/{g.engine}/{g.case}"
         marks.append(
             pytest.mark.xdist_group(f"{item.consumer}:{group}" if item.consumer else group)
