@@ -24,9 +24,9 @@ imported the consumer and lowered one tiny program of its own first (:func:`warm
 set-up of the lowering passes then happens once per worker, not once per golden, 5.3 -> 1.8 CPU s
 per XNNPACK lowering; the warm-up itself costs 4-15 CPU s, Inductor's most: it compiles C++), (b)
 under xdist, ``qbc verify`` runs every check of one consumer on one worker
-(harness.cli.xdist_scope), so each consumer starts and warms up once per run, and (c) remembers, per process, the output
-of every program it lowered under a content key (graph code, signature, every tensor's bytes,
-the inputs): a golden whose ``.pt2`` loads to the same program as one already lowered (the same
+(harness.cli.xdist_scope), so each consumer starts and warms up once per run, and (c)
+remembers, per process, the output of every program it lowered under a content key (graph
+code, signature, every tensor's bytes, the inputs): a golden whose ``.pt2`` loads to the same program as one already lowered (the same
 case written by torch 2.13 and 2.14) is still loaded and keyed in its own child, and judged on
 that lowering's output.
 """

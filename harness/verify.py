@@ -484,18 +484,21 @@ def first_divergence(item: CheckItem, today: Built, isa_class: str | None = None
         return f"first divergent op: not determined ({type(exc).__name__}: {exc})"
 
 
-def _today_for(golden: Golden, isa_class: str) -> Built:
+def _input_file(golden: Golden, isa_class: str) -> tuple[str, str]:
+    """The golden's input file as :func:`_stored_inputs` and :func:`_today` key it: (sha256 of
+    its bytes, its path)."""
     input_path = golden.path("input", isa_class)
-    input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
-    return _today(golden.subject, golden.case, golden.engine, input_key, str(input_path))
+    return hashlib.sha256(input_path.read_bytes()).hexdigest(), str(input_path)
+
+
+def _today_for(golden: Golden, isa_class: str) -> Built:
+    return _today(golden.subject, golden.case, golden.engine, *_input_file(golden, isa_class))
 
 
 def _inputs_for(golden: Golden, isa_class: str, replay: bool = True) -> tuple[Any, ...]:
     """The golden's stored inputs (the very tuple :func:`_today_for` builds on); with
     ``replay``, the warnings loading them raised are replayed into the check's recording."""
-    input_path = golden.path("input", isa_class)
-    input_key = hashlib.sha256(input_path.read_bytes()).hexdigest()
-    inputs, _, load_warnings = _stored_inputs(input_key, str(input_path))
+    inputs, _, load_warnings = _stored_inputs(*_input_file(golden, isa_class))
     if replay:
         recorded_warnings.replay(load_warnings)
     return inputs
